@@ -1,0 +1,31 @@
+"""Config nodes of focal_rpn: ``add_focal_rpn_config(cfg)`` adds them to a detectron2 cfg."""
+from detectron2.config import CfgNode as CN
+
+#: Allowed values of the two ACTIVATION keys.
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
+def add_focal_rpn_config(cfg):
+    """Add the MODEL.FOCAL_RPN and MODEL.FOCAL_RETINANET nodes to ``cfg`` (in place).
+
+    Only new nodes are added; detectron2's defaults are never changed. Calling it twice is
+    harmless (existing values are kept).
+    """
+    _C = cfg
+    if "FOCAL_RPN" not in _C.MODEL:
+        _C.MODEL.FOCAL_RPN = CN()
+        # alpha of the focal loss: weight of positive anchors (1 - alpha for negatives).
+        # A negative value turns alpha weighting off, as in fvcore's sigmoid_focal_loss.
+        _C.MODEL.FOCAL_RPN.ALPHA = 0.25
+        # gamma of the focal loss (>= 0); 0 gives (alpha-weighted) cross entropy.
+        _C.MODEL.FOCAL_RPN.GAMMA = 2.0
+        # lambda of Chen et al. (PRCV 2018): weight of the objectness focal loss, which is summed
+        # over all labelled anchors and divided by the number of positive anchors.
+        _C.MODEL.FOCAL_RPN.LOSS_WEIGHT = 0.1
+        # "sigmoid": one objectness logit per anchor; "softmax": two (background, object).
+        _C.MODEL.FOCAL_RPN.ACTIVATION = "sigmoid"
+    if "FOCAL_RETINANET" not in _C.MODEL:
+        _C.MODEL.FOCAL_RETINANET = CN()
+        # "sigmoid": K logits per anchor (the paper); "softmax": K + 1 (background last).
+        _C.MODEL.FOCAL_RETINANET.ACTIVATION = "sigmoid"
+    return cfg
