@@ -24,8 +24,48 @@ def add_focal_rpn_config(cfg):
         _C.MODEL.FOCAL_RPN.LOSS_WEIGHT = 0.1
         # "sigmoid": one objectness logit per anchor; "softmax": two (background, object).
         _C.MODEL.FOCAL_RPN.ACTIVATION = "sigmoid"
+        # Initial objectness probability of every anchor (the bias prior of RetinaNet): with
+        # focal loss summed over all anchors, a start at p = 0.5 gives a huge first loss.
+        _C.MODEL.FOCAL_RPN.PRIOR_PROB = 0.01
     if "FOCAL_RETINANET" not in _C.MODEL:
         _C.MODEL.FOCAL_RETINANET = CN()
         # "sigmoid": K logits per anchor (the paper); "softmax": K + 1 (background last).
         _C.MODEL.FOCAL_RETINANET.ACTIVATION = "sigmoid"
     return cfg
+
+
+#: The value of an ALPHA key that turns alpha weighting off (as in fvcore's sigmoid_focal_loss).
+ALPHA_OFF = -1.0
+
+
+
+# Checks of config values, run when a model is built. Each raises ValueError naming the key,
+# the value given and what is allowed.
+
+
+def check_activation(key, value):
+    if value not in ACTIVATIONS:
+        raise ValueError(f"{key} = {value!r} is not supported; allowed: {list(ACTIVATIONS)}")
+
+
+def check_alpha(key, value):
+    if not (0.0 <= value <= 1.0 or value == ALPHA_OFF):
+        raise ValueError(
+            f"{key} = {value!r} is not allowed: use a value in [0, 1], "
+            f"or {ALPHA_OFF} to turn alpha weighting off"
+        )
+
+
+def check_gamma(key, value):
+    if not value >= 0.0:
+        raise ValueError(f"{key} = {value!r} is not allowed: gamma must be >= 0")
+
+
+def check_positive(key, value):
+    if not value > 0.0:
+        raise ValueError(f"{key} = {value!r} is not allowed: it must be > 0")
+
+
+def check_probability(key, value):
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{key} = {value!r} is not allowed: it must be in (0, 1)")

@@ -1,0 +1,201 @@
+"""FocalRetinaNet: detectron2's RetinaNet with a fast focal loss, a softmax variant and a
+loss normaliser that survives ``--resume``.
+
+Shape vocabulary:
+    N: images in the batch          L: feature levels (P3-P7)
+    A: anchors per position (9)     K: object classes
+    C: class logits per anchor: K (sigmoid) or K + 1 (softmax, background last)
+    R: anchors of one image over all levels, sum over levels of Hi * Wi * A
+"""
+import math
+from typing import List
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
+from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import get_event_storage
+
+from ..config import check_activation, check_alpha, check_gamma, check_probability
+from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
+
+__all__ = ["FocalRetinaNet"]
+
+#: detectron2's RetinaNet starts its EMA of the number of foreground anchors at this value.
+INITIAL_LOSS_NORMALIZER = 100.0
+LOSS_NORMALIZER_MOMENTUM = 0.9
+
+
+def init_softmax_class_bias(cls_score: nn.Conv2d, num_classes: int, prior_prob: float):
+    """Set the bias of a (A * (K + 1))-channel class conv so that p(background) = 1 - prior_prob.
+
+    The K foreground logits get bias 0 and the background logit b with
+    e^b / (e^b + K) = 1 - prior_prob, i.e. b = log(K * (1 - prior_prob) / prior_prob); each
+    foreground class then starts at prior_prob / K.
+    """
+    num_logits = num_classes + 1
+    if cls_score.out_channels % num_logits != 0:
+        raise ValueError(
+            f"class conv has {cls_score.out_channels} channels, not a multiple of K + 1 = "
+            f"{num_logits}"
+        )
+    background_bias = math.log(num_classes * (1.0 - prior_prob) / prior_prob)
+    with torch.no_grad():
+        bias = cls_score.bias.view(-1, num_logits)  # (A, K + 1), background last
+        bias.zero_()
+        bias[:, num_classes] = background_bias
+
+
+@META_ARCH_REGISTRY.register()
+class FocalRetinaNet(RetinaNet):
+    """RetinaNet (Lin et al. 2017) trained with focal_rpn's focal losses.
+
+    ``activation="sigmoid"`` is the paper's model: with the same weights it gives the same
+    losses and detections as detectron2's ``RetinaNet`` (state dicts load into each other
+    through ``DetectionCheckpointer``). ``activation="softmax"``: the class subnet predicts
+    K + 1 logits per anchor (background last), trained with the softmax focal loss; scores at
+    inference are the K foreground probabilities.
+
+    The EMA of the number of foreground anchors that normalises the losses is a buffer
+    (``loss_normalizer``), so it is saved in checkpoints and a resumed run continues with it.
+    """
+
+    @configurable
+    def __init__(self, *, activation: str = "sigmoid", **kwargs):
+        """
+        Args:
+            activation: "sigmoid" or "softmax". With "softmax", ``head`` must predict
+                ``num_classes + 1`` logits per anchor.
+            kwargs: the arguments of detectron2's ``RetinaNet``.
+        """
+        super().__init__(**kwargs)
+        check_activation("activation", activation)
+        check_alpha("focal_loss_alpha", self.focal_loss_alpha)
+        check_gamma("focal_loss_gamma", self.focal_loss_gamma)
+        self.activation = activation
+        self.num_logits = self.num_classes + (1 if activation == "softmax" else 0)
+        self.register_buffer(
+            "loss_normalizer", torch.tensor(INITIAL_LOSS_NORMALIZER)
+        )
+
+    @classmethod
+    def from_config(cls, cfg):
+        activation = cfg.MODEL.FOCAL_RETINANET.ACTIVATION
+        check_activation("MODEL.FOCAL_RETINANET.ACTIVATION", activation)
+        check_alpha("MODEL.RETINANET.FOCAL_LOSS_ALPHA", cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA)
+        check_gamma("MODEL.RETINANET.FOCAL_LOSS_GAMMA", cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA)
+        check_probability("MODEL.RETINANET.PRIOR_PROB", cfg.MODEL.RETINANET.PRIOR_PROB)
+        ret = super().from_config(cfg)
+        ret["activation"] = activation
+        if activation == "softmax":
+            ret["head"] = _build_softmax_head(cfg, ret["backbone"])
+        return ret
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints of detectron2's RetinaNet have no normaliser: keep the initial value
+        # instead of reporting a missing key, so they load strictly.
+        key = prefix + "loss_normalizer"
+        if key not in state_dict:
+            state_dict[key] = self.loss_normalizer.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward_training(self, images, features, predictions, gt_instances):
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_logits, 4]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+
+    @torch.no_grad()
+    def _update_loss_normalizer(self, num_pos_anchors: int) -> Tensor:
+        """EMA of max(num_pos_anchors, 1), as detectron2's RetinaNet, kept in a buffer. Returns
+        the updated value (0-dim tensor)."""
+        self.loss_normalizer.mul_(LOSS_NORMALIZER_MOMENTUM).add_(
+            (1.0 - LOSS_NORMALIZER_MOMENTUM) * max(num_pos_anchors, 1)
+        )
+        return self.loss_normalizer.clone()
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        """
+        Args:
+            anchors (list[Boxes]): L Boxes, level i of shape (Hi * Wi * A, 4).
+            pred_logits (list[Tensor]): L tensors of shape (N, Hi * Wi * A, C).
+            gt_labels (list[Tensor]): N tensors of shape (R,), values in {-1 (ignored),
+                0..K-1 (foreground class), K (background)}; from :meth:`label_anchors`.
+            pred_anchor_deltas (list[Tensor]): L tensors of shape (N, Hi * Wi * A, 4).
+            gt_boxes (list[Tensor]): N tensors of shape (R, 4), matched ground-truth boxes.
+
+        Returns:
+            dict[str, Tensor]: scalar "loss_cls" and "loss_box_reg", both divided by the EMA
+            of the number of foreground anchors.
+        """
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos_anchors = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        normalizer = self._update_loss_normalizer(num_pos_anchors)
+
+        logits = cat(pred_logits, dim=1).reshape(-1, self.num_logits)  # (N * R, C)
+        labels = gt_labels.reshape(-1)  # (N * R,)
+        if self.activation == "sigmoid":
+            loss_cls = sigmoid_focal_loss_with_labels(
+                logits, labels, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
+                reduction="sum",
+            )
+        else:
+            loss_cls = softmax_focal_loss(
+                logits, labels, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
+                reduction="sum", background_index=self.num_classes,
+            )
+
+        loss_box_reg = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            pred_anchor_deltas,
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
+        normalizer = normalizer.to(loss_cls.dtype)
+        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ):
+        if self.activation == "sigmoid":
+            return super().forward_inference(images, features, predictions)
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_logits, 4]
+        )
+        anchors = self.anchor_generator(features)
+        results: List[Instances] = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            # Foreground probabilities (Hi * Wi * A, K); the background column is dropped.
+            scores_per_image = [
+                x[img_idx].softmax(dim=-1)[:, : self.num_classes] for x in pred_logits
+            ]
+            deltas_per_image = [x[img_idx] for x in pred_anchor_deltas]
+            results.append(
+                self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size)
+            )
+        return results
+
+
+def _build_softmax_head(cfg, backbone) -> RetinaNetHead:
+    """detectron2's RetinaNetHead with K + 1 class logits per anchor, background last."""
+    backbone_shape = backbone.output_shape()
+    feature_shapes = [backbone_shape[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+    head_args = RetinaNetHead.from_config(cfg, feature_shapes)
+    num_classes = head_args["num_classes"]
+    head_args["num_classes"] = num_classes + 1
+    head = RetinaNetHead(**head_args)
+    init_softmax_class_bias(head.cls_score, num_classes, cfg.MODEL.RETINANET.PRIOR_PROB)
+    return head
