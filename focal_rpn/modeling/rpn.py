@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.layers import cat
-from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, RPN
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
@@ -183,7 +184,7 @@ class FocalRPN(RPN):
         storage.put_scalar("rpn/num_neg_anchors", num_neg_anchors / num_images)
         normalizer = max(num_pos_anchors, 1)
 
-        labels = gt_labels.reshape(-1)  # (N * R,)
+        labels = gt_labels.reshape(-1).long()  # (N * R,); detectron2 labels RPN anchors in int8
         if self.activation == "sigmoid":
             # One logit, class 0 = object; label 1 (= K) is background, -1 ignored.
             class_labels = torch.where(labels == 1, 0, torch.where(labels == 0, 1, -1))

@@ -1,0 +1,92 @@
+"""FocalRetinaNet (sigmoid) against detectron2's own RetinaNet, and its resumable normaliser."""
+import copy
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from tiny_models import batched_inputs, tiny_cfg, tiny_model
+
+
+def stock_and_focal_with_same_weights():
+    focal = tiny_model("retinanet_R50.yaml")
+    stock_cfg = tiny_cfg("retinanet_R50.yaml", ["MODEL.META_ARCHITECTURE", "RetinaNet"])
+    stock = build_model(stock_cfg)
+    assert type(stock).__name__ == "RetinaNet"
+    stock.load_state_dict(
+        {k: v for k, v in focal.state_dict().items() if k != "loss_normalizer"}, strict=True
+    )
+    return stock, focal
+
+
+def test_same_losses_as_stock_retinanet_over_several_steps():
+    stock, focal = stock_and_focal_with_same_weights()
+    stock.train()
+    focal.train()
+    for step in range(3):  # several steps: the EMA normaliser must evolve identically
+        inputs = batched_inputs(num_boxes=2 + step, seed=step)
+        with EventStorage():
+            stock_losses = stock(copy.deepcopy(inputs))
+            focal_losses = focal(copy.deepcopy(inputs))
+        assert stock_losses.keys() == focal_losses.keys()
+        for key in stock_losses:
+            torch.testing.assert_close(focal_losses[key], stock_losses[key], rtol=1e-5, atol=1e-6)
+    # and the gradients agree
+    sum(stock_losses.values()).backward()
+    sum(focal_losses.values()).backward()
+    torch.testing.assert_close(
+        focal.head.cls_score.weight.grad, stock.head.cls_score.weight.grad, rtol=1e-4, atol=1e-7
+    )
+
+
+def test_same_detections_as_stock_retinanet():
+    stock, focal = stock_and_focal_with_same_weights()
+    # Make the detector confident somewhere so that detections are not empty.
+    with torch.no_grad():
+        focal.head.cls_score.bias.fill_(0.5)
+        stock.head.cls_score.bias.fill_(0.5)
+    stock.eval()
+    focal.eval()
+    inputs = batched_inputs()
+    with torch.no_grad():
+        expected = stock(inputs)
+        actual = focal(inputs)
+    for e, a in zip(expected, actual):
+        e, a = e["instances"], a["instances"]
+        assert len(a) == len(e) > 0
+        torch.testing.assert_close(a.pred_boxes.tensor, e.pred_boxes.tensor)
+        torch.testing.assert_close(a.scores, e.scores)
+        assert torch.equal(a.pred_classes, e.pred_classes)
+
+
+def test_checkpoints_load_both_ways(tmp_path):
+    stock, focal = stock_and_focal_with_same_weights()
+    DetectionCheckpointer(focal, save_dir=str(tmp_path)).save("focal")
+    DetectionCheckpointer(stock, save_dir=str(tmp_path)).save("stock")
+
+    fresh_stock = build_model(tiny_cfg("retinanet_R50.yaml", ["MODEL.META_ARCHITECTURE", "RetinaNet"]))
+    DetectionCheckpointer(fresh_stock).load(str(tmp_path / "focal.pth"))
+    fresh_focal = tiny_model("retinanet_R50.yaml", seed=1)
+    DetectionCheckpointer(fresh_focal).load(str(tmp_path / "stock.pth"))
+    for name, tensor in stock.state_dict().items():
+        torch.testing.assert_close(fresh_stock.state_dict()[name], tensor)
+        torch.testing.assert_close(fresh_focal.state_dict()[name], tensor)
+    # a strict load of a stock state dict keeps the initial normaliser
+    fresh_focal.load_state_dict(stock.state_dict(), strict=True)
+    assert fresh_focal.loss_normalizer.item() == 100.0
+
+
+def test_loss_normalizer_is_saved_and_restored(tmp_path):
+    model = tiny_model("retinanet_R50.yaml").train()
+    with EventStorage():
+        for step in range(2):
+            model(batched_inputs(num_boxes=4, seed=step))
+    trained_value = model.loss_normalizer.item()
+    assert trained_value != 100.0, "normaliser did not move"
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("ckpt")
+    resumed = tiny_model("retinanet_R50.yaml", seed=3)
+    assert resumed.loss_normalizer.item() == 100.0
+    DetectionCheckpointer(resumed).resume_or_load(str(tmp_path / "ckpt.pth"), resume=True)
+    assert resumed.loss_normalizer.item() == trained_value

@@ -1,0 +1,76 @@
+"""Helpers for model tests: this repo's configs shrunk to seconds on CPU (no weights)."""
+import os
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+import focal_rpn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, "configs")
+NUM_CLASSES = 3
+IMAGE_SIZE = 96
+
+# (name, config file, extra opts): every model this plugin offers, plus the stock baseline.
+MODEL_CONFIGS = [
+    ("retinanet_sigmoid", "retinanet_R50.yaml", []),
+    ("retinanet_softmax", "retinanet_R50.yaml", ["MODEL.FOCAL_RETINANET.ACTIVATION", "softmax"]),
+    ("faster_rcnn_rpn", "faster_rcnn_R50_FPN.yaml", []),
+    ("fl_rpn_sigmoid", "faster_rcnn_R50_FL-RPN_sigmoid.yaml", []),
+    ("fl_rpn_softmax", "faster_rcnn_R50_FL-RPN_softmax.yaml", []),
+]
+
+
+def tiny_cfg(config_file, opts=()):
+    """The config file with a ResNet-18, few channels, small images, no pretrained weights."""
+    cfg = get_cfg()
+    focal_rpn.add_focal_rpn_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, config_file))
+    cfg.merge_from_list(
+        [
+            "MODEL.WEIGHTS", "",
+            "MODEL.DEVICE", "cpu",
+            "MODEL.RESNETS.DEPTH", 18,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+            "MODEL.FPN.OUT_CHANNELS", 32,
+            "MODEL.RETINANET.NUM_CLASSES", NUM_CLASSES,
+            "MODEL.RETINANET.NUM_CONVS", 2,
+            "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES,
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+            "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100,
+            "MODEL.RPN.POST_NMS_TOPK_TEST", 100,
+            "INPUT.MIN_SIZE_TEST", IMAGE_SIZE,
+            "INPUT.MAX_SIZE_TEST", IMAGE_SIZE,
+        ]
+        + list(opts)
+    )
+    return cfg
+
+
+def tiny_model(config_file, opts=(), seed=0):
+    torch.manual_seed(seed)
+    return build_model(tiny_cfg(config_file, opts))
+
+
+def random_boxes(num_boxes, size=IMAGE_SIZE, generator=None):
+    """(num_boxes, 4) XYXY boxes inside a size x size image, 8 to size/2 pixels wide."""
+    xy = torch.rand(num_boxes, 2, generator=generator) * size / 2
+    wh = 8 + torch.rand(num_boxes, 2, generator=generator) * (size / 2 - 8)
+    return torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
+
+
+def batched_inputs(num_images=2, num_boxes=3, size=IMAGE_SIZE, seed=0):
+    """detectron2 model inputs: CHW uint8-valued float images with random ground truth."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for _ in range(num_images):
+        instances = Instances((size, size))
+        instances.gt_boxes = Boxes(random_boxes(num_boxes, size, g))
+        instances.gt_classes = torch.randint(0, NUM_CLASSES, (num_boxes,), generator=g)
+        image = torch.randint(0, 256, (3, size, size), generator=g).float()
+        inputs.append({"image": image, "instances": instances, "height": size, "width": size})
+    return inputs
