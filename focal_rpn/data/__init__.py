@@ -1,0 +1,1 @@
+"""Datasets of focal_rpn: the embedded synthetic default and checked user COCO datasets."""
