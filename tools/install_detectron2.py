@@ -11,6 +11,9 @@ installs it as ``detectron2`` with two repairs, see ../shared/DETECTRON2_INSTALL
    (``collect_env_info``) and raises a clear error, naming the op, when a C++ op is used
    (rotated boxes, deformable convolution, the "fast" COCO evaluation).
 2. The model-zoo yaml files are installed as package data.
+3. ``detectron2/export/__init__.py`` imports the caffe2 exporter unconditionally, and caffe2
+   is gone from torch 2.x: that import is made optional (as newer detectron2 does), so
+   ``from detectron2.export import TracingAdapter`` works.
 
 Nothing of detectron2 is stored in this repository: it is downloaded and checked by sha256.
 
@@ -180,6 +183,22 @@ def write_setup_py(source_dir):
             os.remove(os.path.join(source_dir, name))
 
 
+def make_caffe2_export_optional(source_dir):
+    path = os.path.join(source_dir, "detectron2", "export", "__init__.py")
+    text = open(path).read()
+    unconditional = "from .api import *\n"
+    if unconditional not in text:
+        raise RuntimeError(f"{path} does not have the expected line {unconditional!r}")
+    guarded = (
+        "try:  # caffe2 export needs torch < 2 (made optional by focal_rpn's installer)\n"
+        "    from .api import *\n"
+        "except ImportError:\n"
+        "    pass\n"
+    )
+    with open(path, "w") as f:
+        f.write(text.replace(unconditional, guarded))
+
+
 def install(force=False):
     version = installed_detectron2_version()
     if version is not None and version >= MIN_VERSION and not force:
@@ -194,6 +213,7 @@ def install(force=False):
         if not os.path.isdir(configs):
             raise RuntimeError(f"the sdist has no model-zoo configs at {configs}")
         write_setup_py(source_dir)
+        make_caffe2_export_optional(source_dir)
         with open(os.path.join(source_dir, "detectron2", "_C.py"), "w") as f:
             f.write(C_STANDIN)
         print("[install_detectron2] installing detectron2 (Python only, C++ ops stand-in)")
