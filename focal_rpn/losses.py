@@ -1,0 +1,645 @@
+"""Focal losses (Lin et al., "Focal Loss for Dense Object Detection", 2017).
+
+Pure functions of tensors (no detectron2 state):
+
+* :func:`sigmoid_focal_loss` -- dense targets, the drop-in equivalent of fvcore's
+  ``sigmoid_focal_loss`` (same signature and values), numerically stable and usable with
+  float16 / bfloat16 inputs.
+* :func:`sigmoid_focal_loss_with_labels` -- the fast path used by the models: integer labels
+  instead of one-hot targets, a custom autograd Function whose gradient is computed in closed
+  form during the forward pass, in cache-sized row chunks.
+* :func:`softmax_focal_loss` -- a true softmax focal loss over C classes, also a custom
+  autograd Function with a closed-form gradient.
+
+Notation: ``x`` is a logit, ``s = sigmoid(x)``, ``sp(x) = softplus(x) = log(1 + exp(x)) =
+-log(1 - s)``. For a target ``t`` in {0, 1} the probability of the true class is ``p_t = s`` if
+``t = 1`` else ``1 - s``, and the focal loss is ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` with
+``alpha_t = alpha`` for positives and ``1 - alpha`` for negatives. Hence, per element:
+
+* negative (``t = 0``): ``FL = (1 - alpha) s^gamma sp(x)``,
+  ``dFL/dx = (1 - alpha) s^gamma (gamma (1 - s) sp(x) + s)``;
+* positive (``t = 1``): ``FL = alpha (1 - s)^gamma sp(-x)``,
+  ``dFL/dx = -alpha (1 - s)^gamma (gamma s sp(-x) + 1 - s)``.
+
+Neither gradient has a ``(1 - p_t)^(gamma - 1)`` factor, so gamma = 0 (and gamma < 1) are safe.
+"""
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_with_labels", "softmax_focal_loss"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+#: Elements per row chunk of the fused kernels. On CPU a chunk's scratch buffers (about six of
+#: them) stay in the L2/L3 caches; on CUDA chunking only bounds the scratch memory.
+CPU_CHUNK_ELEMENTS = 1 << 18
+CUDA_CHUNK_ELEMENTS = 1 << 23
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks (no device synchronisation)
+# ---------------------------------------------------------------------------------------------
+def _check_reduction(fn: str, reduction, allowed=_REDUCTIONS) -> None:
+    if not isinstance(reduction, str) or reduction not in allowed:
+        raise ValueError(
+            f"{fn}: reduction={reduction!r} is not supported; expected one of "
+            + ", ".join(repr(r) for r in allowed)
+        )
+
+
+def _check_alpha_gamma(fn: str, alpha, gamma) -> Tuple[float, float]:
+    try:
+        alpha_f = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: alpha={alpha!r} must be a real number") from None
+    try:
+        gamma_f = float(gamma)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: gamma={gamma!r} must be a real number") from None
+    if math.isnan(alpha_f) or alpha_f > 1:
+        raise ValueError(
+            f"{fn}: alpha={alpha!r} is not allowed; expected a value in [0, 1], "
+            "or a negative value to turn alpha weighting off"
+        )
+    if not math.isfinite(gamma_f) or gamma_f < 0:
+        raise ValueError(f"{fn}: gamma={gamma!r} is not allowed; expected a finite value >= 0")
+    return alpha_f, gamma_f
+
+
+def _check_float(fn: str, name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(
+            f"{fn}: {name} has dtype {t.dtype}; expected a floating point dtype "
+            "(float16, bfloat16, float32 or float64)"
+        )
+
+
+def _check_labels(fn: str, logits: Tensor, labels, what: str) -> None:
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"{fn}: labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dtype != torch.int64:
+        raise ValueError(
+            f"{fn}: labels has dtype {labels.dtype}; expected torch.int64 (values {what})"
+        )
+    if logits.dim() != 2:
+        raise ValueError(
+            f"{fn}: logits has shape {tuple(logits.shape)}; expected 2 dimensions (R, classes)"
+        )
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(
+            f"{fn}: labels has shape {tuple(labels.shape)}; expected ({logits.shape[0]},) "
+            f"to match logits of shape {tuple(logits.shape)}"
+        )
+    if labels.device != logits.device:
+        raise ValueError(
+            f"{fn}: labels is on {labels.device} but logits on {logits.device}; "
+            "expected the same device"
+        )
+
+
+def _check_label_range(fn: str, labels: Tensor, low: int, high: int, what: str) -> None:
+    """Values of labels in [low, high]. One reduction and one host sync (cheap: labels is 1-D)."""
+    if labels.numel() == 0:
+        return
+    lo, hi = torch.aminmax(labels)
+    lo, hi = int(lo), int(hi)
+    if lo < low or hi > high:
+        raise ValueError(
+            f"{fn}: labels has values in [{lo}, {hi}]; expected values in [{low}, {high}] ({what})"
+        )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _chunk_elements(device: torch.device) -> int:
+    return CPU_CHUNK_ELEMENTS if device.type == "cpu" else CUDA_CHUNK_ELEMENTS
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. dense sigmoid focal loss
+# ---------------------------------------------------------------------------------------------
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+) -> Tensor:
+    """Sigmoid focal loss with dense targets; same signature and values as fvcore's.
+
+    ``FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t)`` elementwise, with ``p = sigmoid(logits)``,
+    ``p_t = p * t + (1 - p) * (1 - t)`` and ``alpha_t = alpha * t + (1 - alpha) * (1 - t)``;
+    for soft targets the log term is the binary cross entropy with logits.
+
+    Args:
+        logits: float tensor of any shape (e.g. (R, K)); float16/bfloat16 are computed in
+            float32 internally and the result is returned in the input dtype.
+        targets: tensor of the same shape as ``logits`` with values in [0, 1] (1 positive,
+            0 negative; soft values allowed).
+        alpha: weight of positives in [0, 1] (negatives get ``1 - alpha``); a negative value
+            turns alpha weighting off.
+        gamma: focusing parameter >= 0; 0 gives the (alpha-weighted) binary cross entropy.
+        reduction: "none" (loss of the shape of ``logits``), "mean" (a scalar; 0 for empty
+            input) or "sum" (a scalar).
+
+    Returns:
+        Tensor of the dtype of ``logits``: shape of ``logits`` for "none", else a scalar.
+
+    Finite for logits of any finite magnitude (e.g. +-1e4); gradients are finite too, also at
+    ``p_t = 1`` with gamma = 0 or gamma < 1.
+    """
+    fn = "sigmoid_focal_loss"
+    _check_float(fn, "logits", logits)
+    if not isinstance(targets, Tensor):
+        raise ValueError(f"{fn}: targets must be a torch.Tensor, got {type(targets).__name__}")
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"{fn}: targets has shape {tuple(targets.shape)}; expected the shape of logits "
+            f"{tuple(logits.shape)}"
+        )
+    alpha, gamma = _check_alpha_gamma(fn, alpha, gamma)
+    _check_reduction(fn, reduction)
+
+    out_dtype = logits.dtype
+    x = logits.to(_compute_dtype(out_dtype))
+    t = targets.to(x.dtype)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    loss = ce
+    if gamma != 0:
+        # 1 - p_t = p (1 - t) + (1 - p) t, with 1 - p = sigmoid(-x) exact for large x.
+        m = torch.sigmoid(x) * (1 - t) + torch.sigmoid(-x) * t
+        if gamma == 1:
+            mod = m
+        elif gamma == 2:
+            mod = m * m
+        else:
+            # m^gamma with a finite gradient at m = 0 (where the true derivative of the loss
+            # is 0 as well: p is exactly 0 or 1, so dm/dx = 0).
+            nz = m > 0
+            mod = torch.where(nz, torch.where(nz, m, torch.ones_like(m)) ** gamma, 0.0)
+        loss = loss * mod
+    if alpha >= 0:
+        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+    if reduction == "mean":
+        loss = loss.mean() if loss.numel() > 0 else loss.sum()
+    elif reduction == "sum":
+        loss = loss.sum()
+    return loss.to(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. sigmoid focal loss with integer labels: fused closed-form kernel
+# ---------------------------------------------------------------------------------------------
+def _positive_terms(xp: Tensor, alpha: float, gamma: float) -> Tuple[Tensor, Tensor]:
+    """Loss and d loss / dx of positives (target 1) at logits xp (P,), in xp's dtype."""
+    s = torch.sigmoid(xp)
+    q = torch.sigmoid(-xp)  # 1 - s, exact for large xp
+    spn = F.softplus(-xp)  # -log(s)
+    if gamma == 0:
+        loss, grad = spn, -q
+    else:
+        qg = q * q if gamma == 2 else q.pow(gamma)
+        loss = qg * spn
+        grad = -qg * (gamma * s * spn + q)
+    if alpha >= 0:
+        loss, grad = alpha * loss, alpha * grad
+    return loss, grad
+
+
+def _split_points(sorted_rows: Tensor, starts: Tensor) -> Tensor:
+    return torch.searchsorted(sorted_rows, starts)
+
+
+class _Scratch:
+    """Four flat scratch buffers of one chunk, reused by every chunk."""
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
+        self.bufs = [torch.empty(n, dtype=dtype, device=device) for _ in range(4)]
+
+    def get(self, m: int) -> List[Tensor]:
+        return [b[:m] for b in self.bufs]
+
+
+def _negative_chunk(
+    xc: Tensor,
+    bufs: List[Tensor],
+    gamma: float,
+    g_out: Optional[Tensor],
+    l_out: Optional[Tensor],
+    zero_flat: Optional[Tensor],
+    zero_rows: Optional[Tensor],
+    K: int,
+) -> Tensor:
+    """Negative-target focal terms of one flat chunk xc (m,) (all entries treated as negatives).
+
+    Writes the unscaled loss ``s^gamma sp(x)`` into l_out (if given) and the unscaled gradient
+    ``s^gamma (gamma (1 - s) sp(x) + s)`` into g_out (if given); entries at flat positions
+    zero_flat and rows zero_rows (of K entries each) get 0. Returns the sum of the loss terms
+    (0-dim tensor, unscaled). Factor (1 - alpha) is applied by the caller.
+    """
+    a, b, c, d = bufs
+    # e = exp(-|x|): the only exp; everything else is algebra on e.
+    torch.abs(xc, out=a)
+    a.neg_()
+    a.exp_()
+    torch.add(a, 1.0, out=b)  # u = 1 + e (rounded)
+    torch.log(b, out=c)  # log(u)
+    torch.sub(b, 1.0, out=d)  # u - 1 (exact)
+    d.sub_(a)  # (u - 1) - e: the rounding error of u, exact (Fast2Sum)
+    b.reciprocal_()  # r = 1 / (1 + e)
+    c.addcmul_(d, b, value=-1.0)  # log1p(e) = log(u) - ((u - 1) - e) / u
+    torch.clamp_min(xc, 0.0, out=d)
+    c.add_(d)  # c = sp = relu(x) + log1p(e)
+    # s = r * exp(min(x, 0)) = r * (e if x < 0 else 1), branch-free: h = step(x) in {0, 1}
+    big = 1e30 if xc.dtype != torch.float64 else 1e300
+    torch.mul(xc, big, out=d)
+    d.clamp_(0.0, 1.0)
+    d.add_(a)
+    d.clamp_max_(1.0)
+    d.mul_(b)  # d = s
+    # a = s^gamma
+    if gamma == 0:
+        sg = None
+    elif gamma == 1:
+        sg = d
+    elif gamma == 2:
+        torch.mul(d, d, out=a)
+        sg = a
+    else:
+        torch.sub(xc, c, out=a)  # log(s) = x - sp(x)
+        a.mul_(gamma)
+        a.exp_()
+        sg = a
+    # loss terms into b (or l_out)
+    lb = l_out if l_out is not None else b
+    if sg is None:
+        lb.copy_(c)
+    else:
+        torch.mul(sg, c, out=lb)
+    _zero(lb, zero_flat, zero_rows, K)
+    total = lb.sum()
+    if g_out is not None:
+        if sg is None:
+            g_out.copy_(d)  # gamma = 0: d/dx sp(x) = s
+        else:
+            torch.addcmul(c, d, c, value=-1.0, out=b)  # sp (1 - s)
+            b.mul_(gamma).add_(d)  # gamma sp (1 - s) + s
+            torch.mul(sg, b, out=g_out)
+        _zero(g_out, zero_flat, zero_rows, K)
+    return total
+
+
+def _zero(flat: Tensor, zero_flat: Optional[Tensor], zero_rows: Optional[Tensor], K: int) -> None:
+    if zero_flat is not None and zero_flat.numel():
+        flat.index_fill_(0, zero_flat, 0.0)
+    if zero_rows is not None and zero_rows.numel():
+        flat.view(-1, K).index_fill_(0, zero_rows, 0.0)
+
+
+def _sigmoid_labels_kernel(
+    logits: Tensor, labels: Tensor, alpha: float, gamma: float, reduction: str, need_grad: bool
+):
+    """Forward (and the unscaled closed-form gradient) of sigmoid_focal_loss_with_labels.
+
+    Returns (loss, state) where state = (G, flat_pos, grad_pos, n_valid) or None:
+    G (R, K) holds d(sum of negative terms without (1 - alpha))/dx, zero at positives and
+    ignored rows; grad_pos (P,) the alpha-weighted gradient at the flat positive positions.
+    """
+    R, K = logits.shape
+    cdt = _compute_dtype(logits.dtype)
+    device = logits.device
+    x = logits.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    xflat = x.view(-1)
+
+    # positives (sorted by row) and ignored rows; one host sync for all the bookkeeping
+    pos_rows = torch.nonzero((labels >= 0) & (labels < K)).view(-1)
+    ign_rows = torch.nonzero(labels < 0).view(-1)
+    rows_per_chunk = max(1, _chunk_elements(device) // max(K, 1))
+    bounds = list(range(0, R, rows_per_chunk)) + [R]
+    starts = torch.tensor(bounds, dtype=torch.int64, device=device)
+    splits = torch.cat([_split_points(pos_rows, starts), _split_points(ign_rows, starts)])
+    splits = splits.tolist()
+    nb = starts.numel()
+    pos_split, ign_split = splits[:nb], splits[nb:]
+    n_valid = R - ign_rows.numel()
+    flat_pos = pos_rows * K + labels[pos_rows]
+
+    G = torch.empty((R, K), dtype=cdt, device=device) if need_grad else None
+    L = torch.empty((R, K), dtype=cdt, device=device) if reduction == "none" else None
+    scratch = _Scratch(min(rows_per_chunk, R) * K, cdt, device) if R * K else None
+    partial = []
+    for ci in range(nb - 1):
+        r0, r1 = bounds[ci], bounds[ci + 1]
+        xc = xflat[r0 * K : r1 * K]
+        if xc.dtype != cdt:
+            xc = xc.to(cdt)
+        zf = flat_pos[pos_split[ci] : pos_split[ci + 1]] - r0 * K
+        zr = ign_rows[ign_split[ci] : ign_split[ci + 1]] - r0
+        partial.append(
+            _negative_chunk(
+                xc,
+                scratch.get(xc.numel()),
+                gamma,
+                G.view(-1)[r0 * K : r1 * K] if G is not None else None,
+                L.view(-1)[r0 * K : r1 * K] if L is not None else None,
+                zf,
+                zr,
+                K,
+            )
+        )
+
+    wneg = (1.0 - alpha) if alpha >= 0 else 1.0
+    loss_pos, grad_pos = _positive_terms(xflat[flat_pos].to(cdt), alpha, gamma)
+    if reduction == "none":
+        if wneg != 1.0:
+            L.mul_(wneg)
+        L.view(-1)[flat_pos] = loss_pos
+        loss = L.to(logits.dtype)
+    else:
+        acc_dtype = torch.float64
+        neg = torch.stack(partial).to(acc_dtype).sum() if partial else torch.zeros((), dtype=acc_dtype, device=device)
+        total = neg * wneg + loss_pos.to(acc_dtype).sum()
+        if reduction == "mean":
+            total = total / max(n_valid * K, 1)
+        loss = total.to(logits.dtype)
+    state = (G, flat_pos, grad_pos, n_valid) if need_grad else None
+    return loss, state
+
+
+class _SigmoidFocalLabelsFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, alpha, gamma, reduction):
+        loss, state = _sigmoid_labels_kernel(logits, labels, alpha, gamma, reduction, True)
+        ctx.save_for_backward(logits, labels)
+        ctx.conf = (alpha, gamma, reduction)
+        ctx.state = state
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        logits, labels = ctx.saved_tensors
+        alpha, gamma, reduction = ctx.conf
+        state = ctx.state
+        ctx.state = None  # the buffer is consumed (scaled in place) below
+        if state is None:  # a second backward through the same graph: recompute
+            _, state = _sigmoid_labels_kernel(logits, labels, alpha, gamma, reduction, True)
+        G, flat_pos, grad_pos, n_valid = state
+        R, K = G.shape
+        wneg = (1.0 - alpha) if alpha >= 0 else 1.0
+        go = grad_out.to(G.dtype)
+        if reduction == "none":
+            G.mul_(go)
+            if wneg != 1.0:
+                G.mul_(wneg)
+            G.view(-1)[flat_pos] = grad_pos * go.reshape(-1)[flat_pos]
+        else:
+            norm = 1.0 / max(n_valid * K, 1) if reduction == "mean" else 1.0
+            if go.device.type == "cpu":
+                g = float(go)
+                if g * wneg * norm != 1.0:
+                    G.mul_(g * wneg * norm)
+                G.view(-1)[flat_pos] = grad_pos * (g * norm)
+            else:  # no host sync
+                G.mul_(go * (wneg * norm))
+                G.view(-1)[flat_pos] = grad_pos * (go * norm)
+        return G.to(logits.dtype), None, None, None, None
+
+
+def sigmoid_focal_loss_with_labels(
+    logits: Tensor,
+    labels: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "sum",
+) -> Tensor:
+    """Sigmoid focal loss with integer class labels: the fast path of the models.
+
+    Equal to ``sigmoid_focal_loss(logits, one_hot(labels, K + 1)[:, :K], alpha, gamma)`` over
+    the non-ignored rows, computed by a custom autograd Function that evaluates the gradient in
+    closed form during the forward pass (in cache-sized row chunks, one ``exp`` and one ``log``
+    per element, no full-size temporaries besides the gradient itself). Positives are sparse (at
+    most one per row): every entry is first computed as a negative, then the R label positions
+    are fixed up.
+
+    Args:
+        logits: (R, K) float tensor (float16/bfloat16 computed in float32).
+        labels: (R,) int64 tensor, values in [-1, K]: ``k < K`` means class k is the positive
+            class of the row, ``K`` background (all K targets 0), ``-1`` ignored (the row
+            contributes 0 loss and gets 0 gradient).
+        alpha: weight of positives in [0, 1] (negatives get ``1 - alpha``); negative: off.
+        gamma: focusing parameter >= 0.
+        reduction: "sum" (default, a scalar), "mean" (a scalar: the sum divided by the number
+            of non-ignored elements, (number of rows with label >= 0) * K; 0 if there are
+            none) or "none" ((R, K) losses, zero on ignored rows).
+
+    Returns:
+        Tensor of the dtype of ``logits``.
+
+    The backward is ``once_differentiable`` (no double backward). Labels outside [-1, K]
+    raise ValueError (checked with one host synchronisation).
+    """
+    fn = "sigmoid_focal_loss_with_labels"
+    _check_float(fn, "logits", logits)
+    _check_labels(fn, logits, labels, "in [-1, K]: -1 ignored, K background")
+    alpha, gamma = _check_alpha_gamma(fn, alpha, gamma)
+    _check_reduction(fn, reduction)
+    K = logits.shape[1]
+    _check_label_range(fn, labels, -1, K, "-1 ignored, 0..K-1 classes, K = background")
+    if logits.requires_grad and torch.is_grad_enabled():
+        return _SigmoidFocalLabelsFn.apply(logits, labels, alpha, gamma, reduction)
+    loss, _ = _sigmoid_labels_kernel(logits, labels, alpha, gamma, reduction, False)
+    return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. softmax focal loss: fused closed-form kernel
+# ---------------------------------------------------------------------------------------------
+def _softmax_kernel(
+    logits: Tensor,
+    labels: Tensor,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    bg: int,
+    need_grad: bool,
+):
+    """Forward of softmax_focal_loss and the pieces of its closed-form gradient.
+
+    With p = softmax(x) of a row, t its label, p_t = p[t], w = alpha_t (0 if ignored) and
+    L = -w (1 - p_t)^gamma log p_t:  dL/dx_j = f (delta_tj - p_j), where
+    f = p_t dL/dp_t = -w (1 - p_t)^gamma (1 - gamma p_t log(p_t) / (1 - p_t)).
+    Returns (loss, state); state = (E, coef, flat_t, val_t, ign_rows, n_valid) where
+    E (R, C) = exp(x - rowmax), coef (R,) = -f / sum(E) so that grad = E * coef off the label,
+    and val_t (R,) = f (1 - p_t), the gradient at the label positions flat_t.
+    """
+    R, C = logits.shape
+    cdt = _compute_dtype(logits.dtype)
+    device = logits.device
+    x = logits.detach()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    rows_per_chunk = max(1, _chunk_elements(device) // max(C, 1))
+    E = torch.empty((R, C), dtype=cdt, device=device) if need_grad else None
+    scratch = None
+    if not need_grad and R * C:
+        scratch = torch.empty((min(rows_per_chunk, R), C), dtype=cdt, device=device)
+    M = torch.empty((R, 1), dtype=cdt, device=device)
+    S = torch.empty((R,), dtype=cdt, device=device)
+    for r0 in range(0, R, rows_per_chunk):
+        r1 = min(R, r0 + rows_per_chunk)
+        xc = x[r0:r1]
+        if xc.dtype != cdt:
+            xc = xc.to(cdt)
+        e = E[r0:r1] if E is not None else scratch[: r1 - r0]
+        torch.amax(xc, 1, keepdim=True, out=M[r0:r1])
+        torch.sub(xc, M[r0:r1], out=e)
+        e.exp_()
+        torch.sum(e, 1, out=S[r0:r1])
+
+    valid = labels >= 0
+    lab = labels.clamp(min=0)
+    xt = x.gather(1, lab[:, None]).view(-1).to(cdt)
+    logp = (xt - M.view(-1) - torch.log(S)).clamp_max_(0.0)  # log p_t
+    p = torch.exp(logp)
+    q = -torch.expm1(logp)  # 1 - p_t, exact for p_t near 1
+    if alpha >= 0:
+        w = torch.where(lab == bg, 1.0 - alpha, alpha).to(cdt)
+        w = w.masked_fill_(~valid, 0.0)
+    else:
+        w = valid.to(cdt)
+    if gamma == 0:
+        qg = torch.ones_like(q)
+    elif gamma == 1:
+        qg = q
+    elif gamma == 2:
+        qg = q * q
+    else:
+        qg = q.pow(gamma)
+    wq = w * qg
+    loss = -wq * logp  # (R,)
+    n_valid = valid.sum()
+    if reduction == "sum":
+        loss = loss.sum()
+    elif reduction == "mean":
+        loss = loss.sum() / n_valid.clamp(min=1)
+    loss = loss.to(logits.dtype)
+    if not need_grad:
+        return loss, None
+    if gamma == 0:
+        f = -w
+    else:
+        # log(p_t) / (1 - p_t) -> -1 as p_t -> 1
+        ratio = torch.where(q > 0, logp / torch.where(q > 0, q, torch.ones_like(q)), -1.0)
+        f = -wq * (1.0 - gamma * p * ratio)
+    coef = -f / S
+    flat_t = torch.arange(R, device=device) * C + lab
+    val_t = f * q
+    ign_rows = torch.nonzero(~valid).view(-1)
+    return loss, (E, coef, flat_t, val_t, ign_rows, n_valid)
+
+
+class _SoftmaxFocalFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, labels, alpha, gamma, reduction, bg):
+        loss, state = _softmax_kernel(logits, labels, alpha, gamma, reduction, bg, True)
+        ctx.save_for_backward(logits, labels)
+        ctx.conf = (alpha, gamma, reduction, bg)
+        ctx.state = state
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        logits, labels = ctx.saved_tensors
+        state = ctx.state
+        ctx.state = None  # consumed (scaled in place) below
+        if state is None:  # a second backward through the same graph: recompute
+            _, state = _softmax_kernel(logits, labels, *ctx.conf, True)
+        reduction = ctx.conf[2]
+        E, coef, flat_t, val_t, ign_rows, n_valid = state
+        go = grad_out.to(E.dtype)
+        if reduction == "mean":
+            go = go / n_valid.clamp(min=1).to(E.dtype)
+        E.mul_((coef * go)[:, None])
+        E.view(-1)[flat_t] = val_t * go
+        if ign_rows.numel():
+            E.index_fill_(0, ign_rows, 0.0)
+        return E.to(logits.dtype), None, None, None, None, None
+
+
+def softmax_focal_loss(
+    logits: Tensor,
+    labels: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+    background_index: int = -1,
+) -> Tensor:
+    """Softmax focal loss over C mutually exclusive classes (one of them background).
+
+    Per row r with label t: ``p_t = softmax(logits[r])[t]`` and
+    ``FL = -alpha_t (1 - p_t)^gamma log(p_t)``, where ``alpha_t = 1 - alpha`` if t is the
+    background class and ``alpha`` for a foreground class (so alpha keeps its sigmoid meaning:
+    the weight of positives). A negative alpha turns weighting off (alpha_t = 1). gamma = 0
+    gives cross entropy weighted by alpha_t.
+
+    Relation to the sigmoid loss: for C = 2 with logits (b, o), ``softmax(b, o)[o] =
+    sigmoid(o - b)``, so ``softmax_focal_loss(logits, labels, background_index=0)`` equals
+    ``sigmoid_focal_loss(logits[:, 1] - logits[:, 0], (labels == 1).float())`` (values and
+    gradients, the gradient w.r.t. b being minus that w.r.t. o).
+
+    Implemented as a custom autograd Function with the closed-form gradient
+    ``dFL/dx_j = f (delta_tj - p_j)``, ``f = -alpha_t (1 - p_t)^gamma (1 - gamma p_t log(p_t) /
+    (1 - p_t))``: the forward keeps only exp(x - rowmax) (one exp per element, in row chunks)
+    and per-row scalars; the backward is one in-place scaling pass.
+
+    Args:
+        logits: (R, C) float tensor (float16/bfloat16 computed in float32).
+        labels: (R,) int64 tensor, values in [-1, C - 1]; -1 = ignored (0 loss, 0 gradient).
+        alpha: weight in [0, 1] of foreground rows (background rows get 1 - alpha); negative:
+            off.
+        gamma: focusing parameter >= 0.
+        reduction: "none" ((R,) losses, 0 for ignored rows), "mean" (sum over the non-ignored
+            rows divided by their number; 0 if there are none) or "sum".
+        background_index: the background class, in [-C, C - 1]; default -1 = C - 1 (the
+            detectron2 convention, classes 0..C-2 foreground). FL-RPN uses 0 with logits
+            ordered (background, object).
+
+    Returns:
+        Tensor of the dtype of ``logits``: (R,) for "none", else a scalar. The backward is
+        ``once_differentiable``.
+    """
+    fn = "softmax_focal_loss"
+    _check_float(fn, "logits", logits)
+    _check_labels(fn, logits, labels, "in [-1, C - 1]: -1 ignored")
+    alpha, gamma = _check_alpha_gamma(fn, alpha, gamma)
+    _check_reduction(fn, reduction)
+    C = logits.shape[1]
+    if isinstance(background_index, bool) or not isinstance(background_index, int):
+        raise ValueError(
+            f"{fn}: background_index={background_index!r} must be an int in [{-C}, {C - 1}]"
+        )
+    if not -C <= background_index < C:
+        raise ValueError(
+            f"{fn}: background_index={background_index!r} is out of range; expected an int in "
+            f"[{-C}, {C - 1}] for logits with C={C} classes"
+        )
+    bg = background_index % C
+    _check_label_range(fn, labels, -1, C - 1, "-1 ignored, 0..C-1 classes")
+    if logits.requires_grad and torch.is_grad_enabled():
+        return _SoftmaxFocalFn.apply(logits, labels, alpha, gamma, reduction, bg)
+    loss, _ = _softmax_kernel(logits, labels, alpha, gamma, reduction, bg, False)
+    return loss
