@@ -325,6 +325,17 @@ def num_classes_key(cfg) -> Optional[str]:
     return "MODEL.ROI_HEADS.NUM_CLASSES"
 
 
+def num_classes_value(cfg) -> Optional[int]:
+    """The number of classes ``cfg``'s model predicts (None: class-agnostic)."""
+    key = num_classes_key(cfg)
+    if key is None:
+        return None
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def check_num_classes(cfg, dataset_names: Iterable[str]) -> None:
     """Raise ValueError if the model predicts fewer classes than a dataset has.
 
@@ -332,12 +343,9 @@ def check_num_classes(cfg, dataset_names: Iterable[str]) -> None:
     ``MODEL.ROI_HEADS.NUM_CLASSES`` otherwise. More classes than the data is allowed (logged).
     Datasets without ``thing_classes`` metadata are skipped.
     """
-    key = num_classes_key(cfg)
+    key, value = num_classes_key(cfg), num_classes_value(cfg)
     if key is None:
         return
-    value = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
     for name in dataset_names:
         if name not in MetadataCatalog.list():
             continue

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Run a trained detector over images; write pictures with boxes and a JSON of the detections.
+
+    tools/predict.py --config-file configs/quick_retinanet_R18.yaml \\
+        --weights output/demo/model_final.pth --input photo.jpg images/ --output output/predict
+    tools/predict.py ... --score-thresh 0.3 --dataset-name mine=ann.json:images MODEL.DEVICE cpu
+
+``--input`` takes image files, folders (their images, not recursive) and glob patterns.
+Writes, in ``--output``:
+
+* ``<image name>.png``: the image with boxes, class names and scores (detectron2 Visualizer);
+* ``predictions.json``: one entry per image::
+
+      {"file": "images/a.jpg", "picture": "a.png", "width": 640, "height": 480,
+       "boxes": [[x0, y0, x1, y1], ...],     # XYXY, pixels of the original image
+       "scores": [0.93, ...], "classes": [2, ...], "class_names": ["triangle", ...]}
+
+Class names come from the metadata of ``--dataset-name`` (default: the config's first
+DATASETS.TRAIN); it may also be ``NAME=JSON:IMAGE_DIR`` to register a COCO dataset.
+MODEL.DEVICE falls back to cpu when CUDA is not available. Trailing ``KEY VALUE`` pairs
+override the config, as in train_net.py.
+"""
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.engine import DefaultPredictor  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
+
+import focal_rpn  # noqa: E402  (registers FocalRetinaNet and FocalRPN)
+from focal_rpn.data import datasets as focal_datasets  # noqa: E402
+from focal_rpn.data import synthetic  # noqa: E402
+
+logger = logging.getLogger("focal_rpn.predict")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="config yaml")
+    parser.add_argument(
+        "--weights", metavar="FILE",
+        help="checkpoint (default: OUTPUT_DIR/model_final.pth if it exists, else MODEL.WEIGHTS)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--input", nargs="+", required=True, metavar="PATH",
+        help="image files, folders of images and/or glob patterns",
+    )  # fmt: skip
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results")
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.5,
+        help="keep detections scoring at least this (default 0.5)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dataset-name", metavar="NAME",
+        help="dataset whose class names label the boxes (default: first DATASETS.TRAIN); "
+        "NAME=JSON:IMAGE_DIR registers a COCO dataset",
+    )  # fmt: skip
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides"
+    )
+    return parser
+
+
+def setup_cfg(args):
+    """The frozen config: file, then overrides, then device fallback, weights, thresholds."""
+    cfg = get_cfg()
+    focal_rpn.add_focal_rpn_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.info("CUDA is not available: running on cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = resolve_weights(args.weights, cfg)
+    # the models drop lower-scoring detections themselves; predict() filters again
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.score_thresh
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
+    cfg.freeze()
+    return cfg
+
+
+def resolve_weights(weights, cfg):
+    """``--weights``, else OUTPUT_DIR/model_final.pth, else MODEL.WEIGHTS; local files checked."""
+    if weights is None:
+        final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+        if os.path.isfile(final):
+            weights = final
+        elif cfg.MODEL.WEIGHTS:
+            weights = cfg.MODEL.WEIGHTS
+            logger.warning(
+                f"No --weights and no {final}: using MODEL.WEIGHTS {weights!r}, which may not "
+                "be a trained detector"
+            )
+        else:
+            raise SystemExit(
+                f"error: no weights: pass --weights (a checkpoint of tools/train_net.py), "
+                f"or train first so that {final} exists"
+            )
+    if "://" not in weights and not os.path.isfile(weights):
+        raise SystemExit(f"error: weights file {weights!r} does not exist")
+    return weights
+
+
+def list_inputs(paths):
+    """Image files named by ``paths`` (files, folders, glob patterns), in a stable order."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(path, f) for f in os.listdir(path)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )  # fmt: skip
+            if not found:
+                raise SystemExit(f"error: folder {path!r} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        elif os.path.isfile(path):
+            found = [path]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(path)))
+            if not found:
+                raise SystemExit(f"error: --input {path!r}: no such file, folder or pattern")
+        files.extend(found)
+    return list(dict.fromkeys(files))
+
+
+def class_names(cfg, dataset_name):
+    """Class names for the boxes: from the dataset's metadata, else ``class_<id>``."""
+    if dataset_name is None:
+        names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+        dataset_name = names[0] if names else None
+    elif "=" in dataset_name:
+        dataset_name = focal_datasets.parse_dataset_arg(dataset_name)
+    if dataset_name in MetadataCatalog.list():
+        classes = getattr(MetadataCatalog.get(dataset_name), "thing_classes", None)
+        if classes:
+            return list(classes)
+    if dataset_name and dataset_name.startswith(synthetic.DEFAULT_NAME + "_"):
+        return list(synthetic.synthetic_class_names())  # without generating the data
+    num = focal_datasets.num_classes_value(cfg) or 1
+    logger.warning(
+        f"No class names for dataset {dataset_name!r}: boxes are labelled class_0..class_{num - 1}"
+    )
+    return [f"class_{i}" for i in range(num)]
+
+
+def picture_names(files):
+    """``<stem>.png`` for each file; a repeated stem gets ``_2``, ``_3``... appended."""
+    seen, names = {}, []
+    for path in files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png")
+    return names
+
+
+def predict(cfg, files, output_dir, classes, score_thresh):
+    """Run the model on ``files``; write the pictures and return the JSON entries."""
+    from detectron2.data import Metadata
+
+    predictor = DefaultPredictor(cfg)
+    metadata = Metadata(name="predict", thing_classes=classes)
+    os.makedirs(output_dir, exist_ok=True)
+    results = []
+    for path, picture in zip(files, picture_names(files)):
+        try:
+            image = read_image(path, format="BGR")
+        except Exception as e:
+            raise SystemExit(f"error: cannot read image {path!r}: {type(e).__name__}: {e}") from e
+        instances = predictor(image)["instances"].to("cpu")
+        instances = instances[instances.scores >= score_thresh]
+        drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
+        cv2.imwrite(os.path.join(output_dir, picture), drawn.get_image()[:, :, ::-1])
+        labels = instances.pred_classes.tolist()
+        results.append(
+            {
+                "file": path,
+                "picture": picture,
+                "width": int(image.shape[1]),
+                "height": int(image.shape[0]),
+                "boxes": [[round(v, 2) for v in box] for box in instances.pred_boxes.tensor.tolist()],
+                "scores": [round(s, 4) for s in instances.scores.tolist()],
+                "classes": labels,
+                "class_names": [classes[c] if c < len(classes) else f"class_{c}" for c in labels],
+            }
+        )
+        logger.info(f"{path}: {len(instances)} detections -> {picture}")
+    return results
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    setup_logger(name="focal_rpn")
+    setup_logger(name="detectron2", abbrev_name="d2")
+    cfg = setup_cfg(args)
+    files = list_inputs(args.input)
+    classes = class_names(cfg, args.dataset_name)
+    results = predict(cfg, files, args.output, classes, args.score_thresh)
+    out = os.path.join(args.output, "predictions.json")
+    with open(out, "w") as f:  # one image per line
+        f.write("[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n")
+    logger.info(f"{len(results)} images: pictures and {out} written")
+    return results
+
+
+if __name__ == "__main__":
+    main()
