@@ -33,6 +33,13 @@ from focal_rpn.data import (
 _counter = iter(range(10**6))
 
 
+@pytest.fixture(autouse=True)
+def propagating_logs(monkeypatch):
+    """caplog listens on the root logger: undo a setup_logger(name="focal_rpn") of another test."""
+    for name in ("focal_rpn", "focal_rpn.data", "focal_rpn.data.datasets"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+
+
 def unique_name(prefix="t"):
     """A dataset name not registered yet (DatasetCatalog is process-global)."""
     return f"{prefix}_{os.getpid()}_{next(_counter)}"
@@ -149,7 +156,13 @@ def test_interrupted_generation_leaves_nothing_reusable(tmp_path, monkeypatch):
         synthetic.ensure_synthetic_coco(tmp_path, 2, 1, image_size=64, progress=False)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(synthetic, "write_synthetic_split", real)
-    folder = synthetic.ensure_synthetic_coco(tmp_path, 2, 1, image_size=64, progress=False)
+
+    # a generation killed outright (no cleanup) more than an hour ago
+    folder = synthetic.synthetic_dataset_dir(tmp_path, 2, 1, image_size=64)
+    stale = tmp_path / f".{folder.name}.tmp-killed"
+    (stale / "train").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    assert synthetic.ensure_synthetic_coco(tmp_path, 2, 1, 64, progress=False) == folder
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
 
@@ -359,7 +372,7 @@ def test_require_builtin_datasets_explains_missing_coco(tiny):
     with pytest.raises(FileNotFoundError) as e:
         require_builtin_datasets(cfg)
     msg = str(e.value)
-    assert meta.json_file in msg and "instances_train2017.json" in msg
+    assert os.path.abspath(meta.json_file) in msg and os.path.abspath(meta.image_root) in msg
     assert "make demo" in msg and "configs/quick_retinanet_R18.yaml" in msg
 
     json_file, image_root, _ = tiny

@@ -406,25 +406,23 @@ def require_builtin_datasets(cfg) -> None:
             )
         meta = MetadataCatalog.get(name)
         needed = [getattr(meta, "json_file", None), getattr(meta, "image_root", None)]
-        missing = [p for p in needed if p and not os.path.exists(p)]
-        if not missing:
+        needed = [os.path.abspath(p) for p in needed if p]
+        if all(os.path.exists(p) for p in needed):
             continue
+        status = ", ".join(
+            f"{p} ({'found' if os.path.exists(p) else 'MISSING'})" for p in needed
+        )
         where = ""
-        if name.startswith("coco_") or "coco" in os.path.normpath(missing[0]).split(os.sep):
+        if "coco" in name or "coco" in os.path.normpath(needed[0]).split(os.sep):
             where = (
-                f" detectron2 looks for COCO under $DETECTRON2_DATASETS/coco, here "
-                f"{os.path.join(builtin_datasets_root(), 'coco')}: download COCO 2017 from "
+                " detectron2 looks for COCO in $DETECTRON2_DATASETS/coco (default "
+                "./datasets/coco; here the paths above): download COCO 2017 from "
                 "https://cocodataset.org/#download (annotations/instances_{train,val}2017.json, "
                 "train2017/, val2017/) there, or set DETECTRON2_DATASETS to the folder that "
                 "contains coco/."
             )
         raise DatasetFileNotFoundError(
-            f"dataset {name!r} needs files that do not exist: "
-            + ", ".join(repr(p) for p in missing)
-            + "."
-            + where
-            + " "
-            + EMBEDDED_DEFAULT_HINT
+            f"dataset {name!r} is not on disk; it needs: {status}.{where} {EMBEDDED_DEFAULT_HINT}"
         )
 
 

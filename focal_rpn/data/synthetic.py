@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
 
@@ -220,6 +221,7 @@ def ensure_synthetic_coco(
         logger.warning(f"Removing incomplete synthetic dataset {final}")
         shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(final)
     logger.info(f"Generating the synthetic dataset into {final} (done once, then cached)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
@@ -237,6 +239,17 @@ def ensure_synthetic_coco(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _remove_stale_temporaries(final: Path, max_age_s: float = 3600.0) -> None:
+    """Delete temporary folders of ``final`` left by generations killed over an hour ago."""
+    now = time.time()
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > max_age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass  # removed meanwhile by another process
 
 
 def register_synthetic_dataset(
