@@ -421,6 +421,12 @@ def require_builtin_datasets(cfg) -> None:
                 "train2017/, val2017/) there, or set DETECTRON2_DATASETS to the folder that "
                 "contains coco/."
             )
+            root = builtin_datasets_root()
+            if not needed[0].startswith(root + os.sep):
+                where += (
+                    f" (DETECTRON2_DATASETS now gives {root}, but detectron2 registered its "
+                    "datasets when it was imported: set the variable before starting Python.)"
+                )
         raise DatasetFileNotFoundError(
             f"dataset {name!r} is not on disk; it needs: {status}.{where} {EMBEDDED_DEFAULT_HINT}"
         )
