@@ -173,7 +173,9 @@ def sigmoid_focal_loss(
     out_dtype = logits.dtype
     x = logits.to(_compute_dtype(out_dtype))
     t = targets.to(x.dtype)
-    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    # binary cross entropy sp(x) - t x, written without cancellation for t in {0, 1}
+    # (torch's binary_cross_entropy_with_logits loses relative precision for x << 0, t = 0)
+    ce = (1 - t) * F.softplus(x) + t * F.softplus(-x)
     loss = ce
     if gamma != 0:
         # 1 - p_t = p (1 - t) + (1 - p) t, with 1 - p = sigmoid(-x) exact for large x.
@@ -457,7 +459,7 @@ def sigmoid_focal_loss_with_labels(
     alpha, gamma = _check_alpha_gamma(fn, alpha, gamma)
     _check_reduction(fn, reduction)
     K = logits.shape[1]
-    _check_label_range(fn, labels, -1, K, "-1 ignored, 0..K-1 classes, K = background")
+    _check_label_range(fn, labels, -1, K, f"-1 ignored, 0..{K - 1} classes, {K} background")
     if logits.requires_grad and torch.is_grad_enabled():
         return _SigmoidFocalLabelsFn.apply(logits, labels, alpha, gamma, reduction)
     loss, _ = _sigmoid_labels_kernel(logits, labels, alpha, gamma, reduction, False)
@@ -638,7 +640,7 @@ def softmax_focal_loss(
             f"[{-C}, {C - 1}] for logits with C={C} classes"
         )
     bg = background_index % C
-    _check_label_range(fn, labels, -1, C - 1, "-1 ignored, 0..C-1 classes")
+    _check_label_range(fn, labels, -1, C - 1, f"-1 ignored, 0..{C - 1} classes")
     if logits.requires_grad and torch.is_grad_enabled():
         return _SoftmaxFocalFn.apply(logits, labels, alpha, gamma, reduction, bg)
     loss, _ = _softmax_kernel(logits, labels, alpha, gamma, reduction, bg, False)
