@@ -1,0 +1,253 @@
+"""focal_rpn's Trainer and the steps of tools/train_net.py (argument parsing, setup, main)."""
+import contextlib
+import functools
+import importlib
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+from unittest import mock
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
+from detectron2.engine import defaults as d2_defaults
+from detectron2.evaluation import print_csv_format, verify_results
+from detectron2.evaluation.testing import flatten_results_dict
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+
+import focal_rpn  # noqa: F401  (registers FocalRetinaNet and FocalRPN)
+
+from ..evaluation import build_coco_evaluator, evaluate_proposals, has_proposal_generator
+from .hooks import PredictionVisualizer, RunStats
+
+logger = logging.getLogger("focal_rpn.engine")
+
+#: DATASETS names ``<SYNTHETIC_PREFIX>_train`` / ``_val`` are the embedded synthetic dataset.
+SYNTHETIC_PREFIX = "focal_synth"
+_SYNTHETIC_NAME = re.compile(rf"^({re.escape(SYNTHETIC_PREFIX)})_(train|val)$")
+
+
+def _data_module(name):
+    """focal_rpn.data.<name>, or None while it does not exist (it is written separately)."""
+    try:
+        return importlib.import_module(f"focal_rpn.data.{name}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("focal_rpn.data"):
+            return None
+        raise
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def build_argument_parser(epilog=None):
+    """detectron2's ``default_argument_parser`` plus ``--dataset NAME=json:imgdir``."""
+    parser = default_argument_parser(epilog=epilog)
+    parser.add_argument(
+        "--dataset", action="append", default=[], metavar="NAME=JSON:IMGDIR",
+        help="register a COCO-format dataset NAME (annotations JSON, image folder); repeatable. "
+             "Use it with opts, e.g. DATASETS.TRAIN '(\"NAME\",)' DATASETS.TEST '(\"NAME2\",)'",
+    )
+    return parser
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def build_config(args):
+    """The config of ``args`` (not frozen, no side effects): detectron2 defaults, focal_rpn's
+    nodes, the config file, then the trailing opts."""
+    cfg = get_cfg()
+    focal_rpn.add_focal_rpn_config(cfg)
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(list(args.opts or []))
+    return cfg
+
+
+def setup(args):
+    """Config + detectron2's default_setup (logger, environment, config.yaml in OUTPUT_DIR).
+
+    MODEL.DEVICE "cuda..." falls back to "cpu" when CUDA is unavailable.
+    """
+    cfg = build_config(args)
+    device_note = None
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        device_note = f"CUDA is unavailable: MODEL.DEVICE {cfg.MODEL.DEVICE!r} -> 'cpu'"
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    if device_note:
+        logging.getLogger("detectron2").warning(device_note)
+    return cfg
+
+
+def config_dataset_names(cfg):
+    return list(dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)))
+
+
+def register_synthetic_datasets(names):
+    """Register the embedded synthetic dataset(s) that ``names`` refer to and are missing.
+
+    The main process generates (and caches) the data first, then the other ranks register it.
+    """
+    registered = set(DatasetCatalog.list())
+    prefixes = sorted({m.group(1) for m in map(_SYNTHETIC_NAME.match, names) if m})
+    prefixes = [p for p in prefixes if not {f"{p}_train", f"{p}_val"} <= registered]
+    if not prefixes:
+        return
+    synthetic = _data_module("synthetic")
+    if synthetic is None:
+        raise RuntimeError("focal_rpn.data.synthetic is missing: cannot build the embedded dataset")
+    for rank_turn in (True, False):
+        if comm.is_main_process() == rank_turn:
+            for prefix in prefixes:
+                train, val = synthetic.register_synthetic_dataset(name=prefix)
+                logger.info("Embedded synthetic dataset registered: %s, %s", train, val)
+        comm.synchronize()
+
+
+def prepare_datasets(cfg, args):
+    """Register what the command line and config name; fail early with clear messages."""
+    datasets = _data_module("datasets")
+    for spec in getattr(args, "dataset", None) or []:
+        if datasets is None:
+            raise RuntimeError("--dataset needs focal_rpn.data.datasets, which is missing")
+        datasets.parse_dataset_arg(spec)
+    names = config_dataset_names(cfg)
+    register_synthetic_datasets(names)
+    if datasets is not None:
+        datasets.require_builtin_datasets(cfg)
+        datasets.check_num_classes(cfg, names)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@contextlib.contextmanager
+def _cpu_ddp():
+    """detectron2 0.6's create_ddp_model passes ``device_ids=[local_rank]``, which
+    DistributedDataParallel rejects for CPU modules: on CPU, wrap with ``device_ids=None``."""
+    if torch.cuda.is_available() or comm.get_world_size() == 1:
+        yield
+        return
+    create = d2_defaults.create_ddp_model
+    with mock.patch.object(d2_defaults, "create_ddp_model",
+                           functools.partial(create, device_ids=None)):
+        yield
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with COCO box AP (+ proposal AR@100/AR@1000 for models with an RPN),
+    focal_rpn's checked dataset mapper, prediction pictures and run statistics."""
+
+    #: test images drawn into OUTPUT_DIR/predictions after training
+    num_prediction_images = 4
+    #: iterations between writes of metrics.json / TensorBoard / console (detectron2: 20)
+    writer_period = 20
+
+    def __init__(self, cfg):
+        with _cpu_ddp():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_coco_evaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        data = _data_module("datasets")
+        mapper_cls = getattr(data, "CheckedDatasetMapper", None) if data is not None else None
+        mapper = mapper_cls(cfg, is_train=True) if mapper_cls is not None else None
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Box AP on every DATASETS.TEST (detectron2's test), then, for models with a proposal
+        generator, its recall with MODEL.RPN.POST_NMS_TOPK_TEST = 1000 (AR@100, AR@1000)."""
+        results = super().test(cfg, model, evaluators)
+        if evaluators is not None or not has_proposal_generator(model):
+            return results
+        proposals = cls.test_proposals(cfg, model)
+        if len(cfg.DATASETS.TEST) == 1:  # detectron2's test returns the single dataset unnested
+            results = OrderedDict(results or {})
+            results.update(next(iter(proposals.values()), {}))
+        else:
+            for name, res in proposals.items():
+                results.setdefault(name, OrderedDict()).update(res)
+        return results
+
+    @classmethod
+    def test_proposals(cls, cfg, model):
+        logger = logging.getLogger(__name__)
+        results = OrderedDict()
+        for name in cfg.DATASETS.TEST:
+            loader = build_detection_test_loader(cfg, name)
+            out = os.path.join(cfg.OUTPUT_DIR, "inference", name, "proposals")
+            evaluator = build_coco_evaluator(name, output_dir=out)
+            res = evaluate_proposals(model, loader, evaluator)
+            results[name] = res
+            if comm.is_main_process() and res:
+                logger.info("Proposal recall of %s (POST_NMS_TOPK_TEST 1000):", name)
+                print_csv_format(res)
+        return results
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        for hook in ret:
+            if isinstance(hook, hooks.PeriodicWriter):
+                hook._period = self.writer_period
+        extra = [RunStats(self.cfg.OUTPUT_DIR, self.cfg.MODEL.DEVICE)]
+        if comm.is_main_process() and self.cfg.DATASETS.TEST:
+            extra.append(PredictionVisualizer(
+                self.cfg, self.cfg.DATASETS.TEST[0], os.path.join(self.cfg.OUTPUT_DIR, "predictions"),
+                num_images=self.num_prediction_images))
+        # before the final evaluation, so that a run ends with the AP table
+        index = next((i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)), len(ret))
+        return ret[:index] + extra + ret[index:]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+def save_eval_results(cfg, results):
+    """Write the flattened evaluation results ("bbox/AP", "box_proposals/AR@100", ...) to
+    OUTPUT_DIR/eval_results.json (metrics.json misses the final evaluation: detectron2's
+    JSONWriter skips scalars of an iteration it has already written)."""
+    if not results or not comm.is_main_process():
+        return None
+    path = os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS_FILE)
+    flat = {k: float(v) for k, v in flatten_results_dict(results).items()}
+    with PathManager.open(path, "w") as f:
+        json.dump(flat, f, indent=2, sort_keys=True)
+    return path
+
+
+def main(args):
+    """train_net: train (or with --eval-only, evaluate) the model of ``args``; returns the
+    evaluation results on the main process."""
+    cfg = setup(args)
+    prepare_datasets(cfg, args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    save_eval_results(cfg, results)
+    return results
