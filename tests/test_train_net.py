@@ -42,6 +42,9 @@ TINY_OPTS = [
     "SOLVER.WARMUP_ITERS", "1",
     "SOLVER.CHECKPOINT_PERIOD", "1000",
     "TEST.EVAL_PERIOD", "0",
+    # untrained models score low: keep every detection so that AP is a number, not NaN
+    "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
     "DATALOADER.NUM_WORKERS", "0",
     "DATASETS.TRAIN", f'("{TINY}_train",)',
     "DATASETS.TEST", f'("{TINY}_val",)',
@@ -70,17 +73,33 @@ def train_net(config, output_dir, *opts, flags=()):
 
 
 def read_metrics(output_dir):
+    """metrics.json as (training rows, evaluation rows)."""
     with open(os.path.join(output_dir, "metrics.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    return ([r for r in rows if "total_loss" in r],
+            [r for r in rows if any(k.startswith("bbox/") for k in r)])
+
+
+def assert_ap_table(bbox):
+    assert set(bbox) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} | {
+        k for k in bbox if k.startswith("AP-")}  # + per-category AP
+    for key in ("AP", "AP50", "AP75"):
+        assert math.isfinite(bbox[key]) and 0 <= bbox[key] <= 100, (key, bbox[key])
+    assert bbox["AP50"] >= bbox["AP75"]
 
 
 def test_focal_retinanet_trains_evaluates_and_writes_outputs(tiny_data, tmp_path):
     results = train_net(MODEL_CONFIGS["focal_retinanet"], tmp_path)
-    assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert_ap_table(results["bbox"])
     assert "box_proposals" not in results  # no RPN in RetinaNet
     assert os.path.isfile(tmp_path / "model_final.pth")
     assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
-    assert read_metrics(tmp_path)[-1]["iteration"] == 1
+    train_rows, eval_rows = read_metrics(tmp_path)
+    assert train_rows[-1]["iteration"] == 1
+    assert all(math.isfinite(r["loss_cls"]) for r in train_rows)
+    # the final evaluation is logged once, after the last iteration
+    assert [r["iteration"] for r in eval_rows] == [2]
+    assert eval_rows[0]["bbox/AP"] == pytest.approx(results["bbox"]["AP"])
     pictures = sorted(os.listdir(tmp_path / "predictions"))
     assert len(pictures) == 4 and all(p.endswith(".png") for p in pictures)
     with open(tmp_path / "eval_results.json") as f:
@@ -91,12 +110,16 @@ def test_focal_retinanet_trains_evaluates_and_writes_outputs(tiny_data, tmp_path
     assert stats["peak_memory_mb"] > 0
     with open(tmp_path / "config.yaml") as f:
         assert "FocalRetinaNet" in f.read()
+    # --eval-only on the final checkpoint reproduces the end-of-training evaluation
+    again = train_net(MODEL_CONFIGS["focal_retinanet"], tmp_path / "eval",
+                      "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), flags=["--eval-only"])
+    assert again["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
 
 
 @pytest.mark.parametrize("model", ["faster_rcnn_rpn", "fl_rpn_sigmoid", "fl_rpn_softmax"])
 def test_faster_rcnn_trains_and_reports_ap_and_proposal_recall(tiny_data, tmp_path, model):
     results = train_net(MODEL_CONFIGS[model], tmp_path)
-    assert "AP" in results["bbox"]
+    assert_ap_table(results["bbox"])
     recall = results["box_proposals"]
     for key in ("AR@100", "AR@1000"):
         assert math.isfinite(recall[key]) and 0 <= recall[key] <= 100
@@ -115,11 +138,13 @@ def test_resume_continues_at_the_last_checkpoint(tiny_data, tmp_path, monkeypatc
     monkeypatch.setattr(Trainer, "writer_period", 1)  # one metrics.json line per iteration
     train_net(MODEL_CONFIGS["focal_retinanet"], tmp_path,
               "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2")
-    assert [m["iteration"] for m in read_metrics(tmp_path)] == [0, 1, 2, 3]
-    assert os.path.isfile(tmp_path / "model_0001.pth")
+    assert [m["iteration"] for m in read_metrics(tmp_path)[0]] == [0, 1, 2, 3]
+    assert os.path.isfile(tmp_path / "model_0000001.pth")
     train_net(MODEL_CONFIGS["focal_retinanet"], tmp_path,
               "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", flags=["--resume"])
-    assert [m["iteration"] for m in read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 5]
+    train_rows, eval_rows = read_metrics(tmp_path)
+    assert [m["iteration"] for m in train_rows] == [0, 1, 2, 3, 4, 5]
+    assert [m["iteration"] for m in eval_rows] == [4, 6]
     with open(tmp_path / "run_stats.json") as f:
         stats = json.load(f)
     assert stats["start_iter"] == 4 and stats["iterations"] == 2

@@ -222,8 +222,8 @@ EVAL_RESULTS_FILE = "eval_results.json"
 
 def save_eval_results(cfg, results):
     """Write the flattened evaluation results ("bbox/AP", "box_proposals/AR@100", ...) to
-    OUTPUT_DIR/eval_results.json (metrics.json misses the final evaluation: detectron2's
-    JSONWriter skips scalars of an iteration it has already written)."""
+    OUTPUT_DIR/eval_results.json: one file with the final numbers (metrics.json has them too,
+    mixed with the training rows, at iteration MAX_ITER; --eval-only writes no metrics.json)."""
     if not results or not comm.is_main_process():
         return None
     path = os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS_FILE)
@@ -248,6 +248,8 @@ def main(args):
     else:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        results = trainer.train()
+        trainer.train()
+        # DefaultTrainer.train returns them only with TEST.EXPECTED_RESULTS set
+        results = getattr(trainer, "_last_eval_results", None)
     save_eval_results(cfg, results)
     return results
