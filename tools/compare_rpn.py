@@ -8,7 +8,8 @@ subprocess (so that peak memory is per model) into OUTPUT_DIR/<model>/. Then --o
 * comparison.md   -- table: box AP, AP50, AP75, APs, APm, APl, proposal AR@100 and AR@1000,
                      seconds per training iteration, peak memory;
 * comparison.json -- the same numbers (and the paths of each run);
-* rpn_losses.png  -- loss_rpn_cls and loss_rpn_loc of the three runs (from their metrics.json).
+* rpn_losses.png  -- loss_rpn_cls and loss_rpn_loc of the three runs, every iteration (from their
+                     loss_curves.json; metrics.json's smoothed rows if it is missing).
 
     tools/compare_rpn.py                                # embedded dataset, quick R18 configs
     tools/compare_rpn.py --iters 100 --output-dir output/cmp SOLVER.IMS_PER_BATCH 4
@@ -131,8 +132,28 @@ def read_metrics(path):
     return rows
 
 
+def read_loss_curves(output_dir):
+    """{loss name: [(iteration, value), ...]} of one run: loss_curves.json (every iteration,
+    written by focal_rpn's Trainer), else the rows of metrics.json."""
+    curves = _read_json(os.path.join(output_dir, "loss_curves.json"))
+    if curves:
+        return {k: [tuple(p) for p in v] for k, v in curves.items()}
+    curves = {}
+    for row in read_metrics(os.path.join(output_dir, "metrics.json")):
+        for k, v in row.items():
+            if k.startswith("loss") and "iteration" in row:
+                curves.setdefault(k, []).append((row["iteration"], v))
+    return curves
+
+
+def _number(v):
+    """float, or None for a missing or NaN value (COCO's AP of an empty size range)."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
 def collect(key, name, config_file, output_dir, returncode, wall, rss_mb):
-    results = _read_json(os.path.join(output_dir, "eval_results.json")) or {}
+    results = {k: _number(v) for k, v in
+               (_read_json(os.path.join(output_dir, "eval_results.json")) or {}).items()}
     stats = _read_json(os.path.join(output_dir, "run_stats.json")) or {}
     row = {"key": key, "model": name, "config_file": config_file, "output_dir": output_dir,
            "returncode": returncode, "wall_seconds": wall}
@@ -142,6 +163,10 @@ def collect(key, name, config_file, output_dir, returncode, wall, rss_mb):
         row[m] = results.get(f"box_proposals/{m}")
     row["seconds_per_iter"] = stats.get("seconds_per_iter")
     row["iterations"] = stats.get("iterations")
+    curves = read_loss_curves(output_dir)
+    for loss in RPN_LOSSES:  # mean of the last 10 iterations
+        tail = [v for _, v in curves.get(loss, [])[-10:]]
+        row[f"final_{loss}"] = sum(tail) / len(tail) if tail else None
     if stats.get("memory_kind") == "cuda_max_allocated":
         row["peak_memory_mb"], row["memory_kind"] = stats.get("peak_memory_mb"), "cuda_max_allocated"
     else:
@@ -182,8 +207,20 @@ def write_markdown(rows, path, args):
         f.write("\n".join(lines))
 
 
-def plot_rpn_losses(runs, path):
-    """runs: list of (label, metrics rows). Two panels: loss_rpn_cls and loss_rpn_loc."""
+def _moving_average(values, window):
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_rpn_losses(runs, path, window=10):
+    """runs: list of (label, {loss name: [(iteration, value), ...]}). Two panels, loss_rpn_cls
+    and loss_rpn_loc (log scale): every iteration (faint) and its moving average over
+    ``window`` iterations, one colour per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,16 +228,24 @@ def plot_rpn_losses(runs, path):
 
     fig, axes = plt.subplots(1, len(RPN_LOSSES), figsize=(11, 4))
     for ax, loss in zip(axes, RPN_LOSSES):
-        for label, rows in runs:
-            pts = [(r["iteration"], r[loss]) for r in rows if loss in r and "iteration" in r]
-            if pts:
-                xs, ys = zip(*sorted(pts))
-                ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+        for i, (label, curves) in enumerate(runs):
+            pts = sorted(p for p in curves.get(loss, []) if math.isfinite(p[1]) and p[1] > 0)
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            color = f"C{i}"
+            if len(xs) > window:
+                ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
+                ax.plot(xs, _moving_average(list(ys), window), color=color, label=label)
+            else:
+                ax.plot(xs, ys, color=color, marker="o", label=label)
         ax.set_title(loss)
         ax.set_xlabel("iteration")
+        ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
-    axes[0].set_ylabel("loss (as trained: FL-RPN losses include their weights)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    axes[0].set_ylabel("loss as trained (FL-RPN's include lambda and 1/N_pos)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -224,7 +269,7 @@ def main(argv=None):
               f"AR@1000 {_fmt(row['AR@1000'])}, {_fmt(row['seconds_per_iter'], 2)} s/iter",
               flush=True)
         rows.append(row)
-        curves.append((name, read_metrics(os.path.join(out, "metrics.json"))))
+        curves.append((name, read_loss_curves(out)))
     write_markdown(rows, os.path.join(args.output_dir, "comparison.md"), args)
     with open(os.path.join(args.output_dir, "comparison.json"), "w") as f:
         json.dump({"configs": args.configs, "seed": args.seed, "iters": args.iters,

@@ -93,7 +93,9 @@ class PredictionVisualizer(HookBase):
 
 class RunStats(HookBase):
     """Time per training iteration (the first, warm-up iteration excluded when there are more)
-    and peak memory, written to OUTPUT_DIR/run_stats.json by the main process."""
+    and peak memory, written to OUTPUT_DIR/run_stats.json by the main process; and every loss
+    of every iteration of this run (unsmoothed, averaged over the processes, as detectron2 logs
+    them) to OUTPUT_DIR/loss_curves.json: ``{"loss_cls": [[iteration, value], ...], ...}``."""
 
     def __init__(self, output_dir, device="cpu"):
         self.output_dir = output_dir
@@ -126,3 +128,18 @@ class RunStats(HookBase):
             PathManager.mkdirs(self.output_dir)
             with PathManager.open(os.path.join(self.output_dir, "run_stats.json"), "w") as f:
                 json.dump(stats, f, indent=2)
+            with PathManager.open(os.path.join(self.output_dir, LOSS_CURVES_FILE), "w") as f:
+                json.dump(loss_curves(self.trainer.storage), f)
+
+
+LOSS_CURVES_FILE = "loss_curves.json"
+
+
+def loss_curves(storage):
+    """{name: [[iteration, value], ...]} of every "loss*" and "total_loss" scalar in ``storage``
+    (a detectron2 EventStorage; its history keeps every iteration of this run)."""
+    return {
+        name: [[int(it), float(v)] for v, it in history.values()]
+        for name, history in sorted(storage.histories().items())
+        if name.startswith("loss") or name == "total_loss"
+    }
