@@ -22,10 +22,11 @@ def cli():
     args = build_argument_parser().parse_args()
     print("Command Line Args:", args)
     from focal_rpn.data.datasets import DatasetError
+    from focal_rpn.engine.reliability import ConfigError
 
     try:
         launch_main(main, args)
-    except DatasetError as e:  # bad or missing data: the message says what to do
+    except (DatasetError, ConfigError) as e:  # bad data or config: the message says what to do
         sys.exit(f"train_net: error: {e}")
 
 

@@ -24,6 +24,15 @@ import focal_rpn  # noqa: F401  (registers FocalRetinaNet and FocalRPN)
 
 from ..evaluation import build_coco_evaluator, evaluate_proposals, has_proposal_generator
 from .hooks import PredictionVisualizer, RunStats
+from .reliability import (
+    AtomicCheckpointer,
+    GracefulInterrupt,
+    IterationSeeder,
+    NonFiniteLossGuard,
+    build_resumable_train_loader,
+    merge_config_file,
+    merge_config_opts,
+)
 
 logger = logging.getLogger("focal_rpn.engine")
 
@@ -65,8 +74,8 @@ def build_config(args):
     cfg = get_cfg()
     focal_rpn.add_focal_rpn_config(cfg)
     if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(list(args.opts or []))
+        merge_config_file(cfg, args.config_file)  # errors: ConfigError naming file and key
+    merge_config_opts(cfg, list(args.opts or []))
     return cfg
 
 
@@ -144,7 +153,11 @@ def _cpu_ddp():
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with COCO box AP (+ proposal AR@100/AR@1000 for models with an RPN),
-    focal_rpn's checked dataset mapper, prediction pictures and run statistics."""
+    focal_rpn's checked dataset mapper, prediction pictures and run statistics; and (see
+    ``focal_rpn.engine.reliability``) atomic checkpoints that refuse non-finite weights, a stop
+    on NaN/inf losses, a checkpoint + exit on SIGTERM, and a resume that continues the loss
+    curve exactly (data stream position, per-sample augmentation seeds, per-iteration RNG seeds).
+    """
 
     #: test images drawn into OUTPUT_DIR/predictions after training
     num_prediction_images = 4
@@ -163,10 +176,57 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        """detectron2's train loader with focal_rpn's checked mapper; with the default
+        DATALOADER.SAMPLER_TRAIN ("TrainingSampler") its stream is resumable (same order)."""
         data = _data_module("datasets")
         mapper_cls = getattr(data, "CheckedDatasetMapper", None) if data is not None else None
         mapper = mapper_cls(cfg, is_train=True) if mapper_cls is not None else None
+        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            return build_resumable_train_loader(cfg, mapper)
         return build_detection_train_loader(cfg, mapper=mapper)
+
+    @property
+    def data_seed(self):
+        """Seed of the training data stream and of the per-iteration RNG seeds: SEED, or when
+        SEED < 0 a random seed shared by the ranks (saved in checkpoints, so --resume keeps it)."""
+        if getattr(self, "_data_seed", None) is None:
+            stream = getattr(self.data_loader, "resumable_stream", None)
+            self._data_seed = stream.sampler.seed if stream is not None else (
+                self.cfg.SEED if self.cfg.SEED >= 0 else comm.shared_random_seed())
+        return self._data_seed
+
+    def state_dict(self):
+        """detectron2's trainer state (iteration, LR scheduler), the optimizer state (which
+        this detectron2 0.6 build's DefaultTrainer leaves out, so momentum restarted at zero on
+        --resume; later detectron2 saves it under the same key) and the data seed."""
+        ret = super().state_dict()
+        ret.setdefault("_trainer", self._trainer.state_dict())
+        ret["data_seed"] = int(self.data_seed)
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict and "load_state_dict" not in DefaultTrainer.__dict__:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        if "data_seed" in state_dict:
+            self._data_seed = int(state_dict["data_seed"])
+
+    def resume_or_load(self, resume=True):
+        """detectron2's resume_or_load, then the data stream restarts where the checkpoint
+        stopped (stream position start_iter x IMS_PER_BATCH, the checkpoint's seed)."""
+        super().resume_or_load(resume=resume)
+        stream = getattr(self.data_loader, "resumable_stream", None)
+        if stream is None:
+            if self.start_iter > 0:
+                logging.getLogger(__name__).warning(
+                    "DATALOADER.SAMPLER_TRAIN %s: the data stream restarts from its beginning "
+                    "on resume (only TrainingSampler resumes its position)",
+                    self.cfg.DATALOADER.SAMPLER_TRAIN)
+            return
+        if stream.restart(self.start_iter, seed=self.data_seed):
+            # SimpleTrainer made its iterator in __init__, before start_iter was known
+            self._trainer._data_loader_iter = None
+            self._trainer._data_loader_iter = iter(self.data_loader)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -200,10 +260,20 @@ class Trainer(DefaultTrainer):
         return results
 
     def build_hooks(self):
+        # before detectron2's hooks take it: checkpoints written atomically, never non-finite
+        if not isinstance(self.checkpointer, AtomicCheckpointer):
+            self.checkpointer = AtomicCheckpointer.from_checkpointer(self.checkpointer)
         ret = super().build_hooks()
         for hook in ret:
             if isinstance(hook, hooks.PeriodicWriter):
                 hook._period = self.writer_period
+        # seeds first; the SIGTERM checkpoint after the periodic one (which it then skips)
+        ret.insert(0, IterationSeeder())  # seed: self.data_seed
+        ret.insert(1, NonFiniteLossGuard(self.checkpointer))
+        after = max((i + 1 for i, h in enumerate(ret)
+                     if isinstance(h, (hooks.PeriodicCheckpointer, hooks.LRScheduler, hooks.PreciseBN))),
+                    default=1)
+        ret.insert(after, GracefulInterrupt(self.checkpointer))
         extra = [RunStats(self.cfg.OUTPUT_DIR, self.cfg.MODEL.DEVICE)]
         if comm.is_main_process() and self.cfg.DATASETS.TEST:
             extra.append(PredictionVisualizer(
