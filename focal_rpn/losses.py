@@ -121,10 +121,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
-#: softmax: largest logit for which exp(x) is summed unshifted (the sum of even 10^6 such
-#: exponentials stays finite), and the smallest unshifted row sum kept (smaller sums are
-#: recomputed with the row max, before their terms lose precision as subnormals).
-_EXP_NO_SHIFT_MAX = {torch.float32: 60.0, torch.float64: 600.0}
+#: softmax: the smallest row sum of unshifted exponentials kept (smaller sums are recomputed
+#: with the row max subtracted, before their terms lose precision as subnormals).
 _EXP_SUM_MIN = {torch.float32: 1e-30, torch.float64: 1e-290}
 
 
@@ -473,55 +471,39 @@ def _softmax_kernel(
     With p = softmax(x) of a row, t its label, p_t = p[t], w = alpha_t (0 if ignored) and
     L = -w (1 - p_t)^gamma log p_t:  dL/dx_j = f (delta_tj - p_j), where
     f = p_t dL/dp_t = -w (1 - p_t)^gamma (1 - gamma p_t log(p_t) / (1 - p_t)).
-    Returns (loss, state); state = (E, coef, flat_t, val_t, ign_rows, n_valid) where
-    E (R, C) = exp(x - M) (M = 0 or the row max, see below), coef (R,) = -f / sum(E) so that grad = E * coef off the label,
-    and val_t (R,) = f (1 - p_t), the gradient at the label positions flat_t.
+    Returns (loss, state); state = (E, coef, lab, val_t, ign_rows, n_valid) where
+    E (R, C) = exp(x - M) (M = 0, or the row max in rows that need it), coef (R,) = -f / sum(E)
+    so that the gradient is E * coef off the label, and val_t (R,) = f (1 - p_t) is the
+    gradient at the label (column lab (R,), ignored rows clamped to 0).
     """
     R, C = logits.shape
     cdt = _compute_dtype(logits.dtype)
     device = logits.device
     x = logits.detach()
-    if not x.is_contiguous():
-        x = x.contiguous()
-    rows_per_chunk = max(1, _chunk_elements(device) // max(C, 1))
-    E = torch.empty((R, C), dtype=cdt, device=device) if need_grad else None
-    scratch = None
-    if not need_grad and R * C:
-        scratch = torch.empty((min(rows_per_chunk, R), C), dtype=cdt, device=device)
-    S = torch.empty((R,), dtype=cdt, device=device)
-    # Shift of the exponentials: 0 (no max pass, one exp call per chunk) while every logit is
-    # at most _EXP_NO_SHIFT_MAX, so that no sum of exp overflows; the row max otherwise.
-    # Rows whose sum of exp(x) underflows (all logits very negative) are redone with their max.
-    row_max = R * C > 0 and float(x.max()) > _EXP_NO_SHIFT_MAX[cdt]
-    M = torch.zeros((R, 1), dtype=cdt, device=device)
-    for r0 in range(0, R, rows_per_chunk):
-        r1 = min(R, r0 + rows_per_chunk)
-        xc = x[r0:r1]
-        if xc.dtype != cdt:
-            xc = xc.to(cdt)
-        e = E[r0:r1] if E is not None else scratch[: r1 - r0]
-        if row_max:
-            torch.amax(xc, 1, keepdim=True, out=M[r0:r1])
-            torch.sub(xc, M[r0:r1], out=e)
-            e.exp_()
-        else:
-            torch.exp(xc, out=e)
-        torch.sum(e, 1, out=S[r0:r1])
-    if not row_max and R * C > 0:
-        small = torch.nonzero(S < _EXP_SUM_MIN[cdt]).view(-1)
-        if small.numel():
-            xs = x[small].to(cdt)
+    # Unshifted exponentials: one exp pass, no row-max pass. Only rows whose sum is not a
+    # normal finite number (a logit above ~88 in float32: overflow; all logits below ~-69:
+    # underflow) are redone with their row max subtracted.
+    E = torch.exp(x) if x.dtype == cdt else x.to(cdt).exp_()  # (R, C)
+    S = E.sum(1)  # (R,)
+    M = None
+    if R * C:
+        redo = torch.nonzero(~torch.isfinite(S) | (S < _EXP_SUM_MIN[cdt])).view(-1)
+        if redo.numel():
+            xs = x[redo].to(cdt)
             ms = xs.amax(1, keepdim=True)
             es = torch.exp(xs - ms)
-            M[small] = ms
-            S[small] = es.sum(1)
-            if E is not None:
-                E[small] = es
+            M = torch.zeros((R,), dtype=cdt, device=device)
+            M[redo] = ms.view(-1)
+            S[redo] = es.sum(1)
+            E[redo] = es
 
     valid = labels >= 0
     lab = labels.clamp(min=0)
     xt = x.gather(1, lab[:, None]).view(-1).to(cdt)
-    logp = (xt - M.view(-1) - torch.log(S)).clamp_max_(0.0)  # log p_t
+    logp = xt - torch.log(S)
+    if M is not None:
+        logp -= M
+    logp = logp.clamp_max_(0.0)  # log p_t
     p = torch.exp(logp)
     q = -torch.expm1(logp)  # 1 - p_t, exact for p_t near 1
     if alpha >= 0:
@@ -554,10 +536,9 @@ def _softmax_kernel(
         ratio = torch.where(q > 0, logp / torch.where(q > 0, q, torch.ones_like(q)), -1.0)
         f = -wq * (1.0 - gamma * p * ratio)
     coef = -f / S
-    flat_t = torch.arange(R, device=device) * C + lab
     val_t = f * q
     ign_rows = torch.nonzero(~valid).view(-1)
-    return loss, (E, coef, flat_t, val_t, ign_rows, n_valid)
+    return loss, (E, coef, lab, val_t, ign_rows, n_valid)
 
 
 class _SoftmaxFocalFn(torch.autograd.Function):
@@ -578,12 +559,12 @@ class _SoftmaxFocalFn(torch.autograd.Function):
         if state is None:  # a second backward through the same graph: recompute
             _, state = _softmax_kernel(logits, labels, *ctx.conf, True)
         reduction = ctx.conf[2]
-        E, coef, flat_t, val_t, ign_rows, n_valid = state
+        E, coef, lab, val_t, ign_rows, n_valid = state
         go = grad_out.to(E.dtype)
         if reduction == "mean":
             go = go / n_valid.clamp(min=1).to(E.dtype)
         E.mul_((coef * go)[:, None])
-        E.view(-1)[flat_t] = val_t * go
+        E.scatter_(1, lab[:, None], (val_t * go)[:, None])
         if ign_rows.numel():
             E.index_fill_(0, ign_rows, 0.0)
         return E.to(logits.dtype), None, None, None, None, None
@@ -612,8 +593,8 @@ def softmax_focal_loss(
 
     Implemented as a custom autograd Function with the closed-form gradient
     ``dFL/dx_j = f (delta_tj - p_j)``, ``f = -alpha_t (1 - p_t)^gamma (1 - gamma p_t log(p_t) /
-    (1 - p_t))``: the forward keeps only exp(x - rowmax) (one exp per element, in row chunks)
-    and per-row scalars; the backward is one in-place scaling pass.
+    (1 - p_t))``: the forward keeps only the exponentials (one exp per element, shifted by the
+    row max only in rows that need it) and per-row scalars; the backward scales them in place.
 
     Args:
         logits: (R, C) float tensor (float16/bfloat16 computed in float32).

@@ -1,0 +1,144 @@
+"""The benchmark suite's one entry point: focal_rpn against the code users would otherwise run.
+
+Prints one table (case, ours, baseline, ratio = ours / baseline, peak memory, the target of the
+case and whether it is met), every pair measured in the same run, alternately, so that the
+ratio survives a noisy machine. The rows come from:
+
+* ``bench_losses.py``: the focal losses, forward + backward at RetinaNet scale (120,000 x 80);
+* ``bench_models.py``: whole-model training steps / inference, ours vs detectron2's stock model;
+* ``bench_evaluator.py``: COCO box evaluation, faster_coco_eval vs pycocotools.
+
+    .venv/bin/python benchmarks/run.py                 # full sizes (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py --quick         # tiny sizes: a smoke test, not a measurement
+    .venv/bin/python benchmarks/run.py --only losses --json out.json
+
+Each module also runs alone (see its docstring for how it times and measures memory).
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Dict, List
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUITES = ("losses", "models", "evaluator")
+
+#: (case prefix, baseline) -> the largest ours / baseline ratio the project promises.
+TARGETS = {
+    ("sigmoid focal", None): 1 / 5,  # the issue names fvcore; torchvision's is the same math
+    ("softmax focal", None): 1 / 3,
+    ("retinanet_train", None): 0.9,
+    ("retinanet_infer", None): 1.0,
+    ("fl_rpn_sigmoid_train", None): 1.05,
+    ("fl_rpn_softmax_train", None): 1.05,
+    ("COCO bbox eval", None): 1.0,
+}
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def target_of(row: Dict):
+    for (prefix, baseline), limit in TARGETS.items():
+        if row["case"].startswith(prefix) and baseline in (None, row["baseline"]):
+            return limit
+    return None
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    )
+
+
+def run(suites=SUITES, quick: bool = False, repeats: int = None) -> List[Dict]:
+    """Rows of every suite, each with ``target`` (max ratio or None) and ``met`` (bool/None)."""
+    rows = []
+    if "losses" in suites:
+        rows += _load("bench_losses").run(
+            scale=0.005 if quick else 1.0, repeats=repeats or (1 if quick else 7)
+        )
+    if "models" in suites:
+        rows += _load("bench_models").run(
+            scale=0.25 if quick else 1.0, repeats=repeats or (1 if quick else 5),
+            memory=not quick,
+        )
+    if "evaluator" in suites:
+        rows += _load("bench_evaluator").run(
+            num_images=20 if quick else 500, repeats=repeats or (1 if quick else 3)
+        )
+    for row in rows:
+        row["target"] = target_of(row)
+        row["met"] = None if row["target"] is None else bool(row["ratio"] <= row["target"])
+    return rows
+
+
+def _mb(x: float) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.0f}"
+
+
+def format_table(rows: List[Dict]) -> str:
+    """A markdown table of the rows."""
+    lines = [
+        "| case | baseline | ours ms | baseline ms | ratio | target | peak MB ours / baseline |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        target = "-" if r["target"] is None else (
+            f"<= {r['target']:.2f} " + ("met" if r["met"] else "**NOT met**")
+        )
+        lines.append(
+            f"| {r['case']} | {r['baseline']} | {r['ours_ms']:.1f} | {r['baseline_ms']:.1f} | "
+            f"{r['ratio']:.3f} | {target} | {_mb(r['ours_peak_mb'])} / "
+            f"{_mb(r['baseline_peak_mb'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, one repeat, no memory workers: a smoke test")
+    parser.add_argument("--only", nargs="+", choices=SUITES, default=list(SUITES))
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch intra-op threads (the issue's measurements use 2)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows = run(args.only, args.quick, args.repeats)
+    print(f"machine: {machine_description()}")
+    if "models" in args.only:
+        print(_load("bench_models").describe(0.25 if args.quick else 1.0))
+    print(format_table(rows))
+    print(f"({time.perf_counter() - start:.0f} s{'; --quick: not a measurement' if args.quick else ''})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine_description(), "quick": args.quick, "rows": rows}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

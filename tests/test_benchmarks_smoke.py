@@ -1,0 +1,40 @@
+"""`benchmarks/run.py --quick` runs every suite end to end at tiny sizes (issue 5).
+
+Not a timing test: it checks that each suite produces its rows, that the numbers are sane, and
+that the evaluator benchmark's two evaluators agree."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_run_quick_prints_a_row_per_case_of_every_suite(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", "--json",
+         str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    cases = [r["case"] for r in rows]
+    assert sum(c.startswith("sigmoid focal") for c in cases) == 3
+    assert sum(c.startswith("softmax focal") for c in cases) == 1
+    for case in ("retinanet_train", "retinanet_infer", "fl_rpn_sigmoid_train",
+                 "fl_rpn_softmax_train"):
+        assert case in cases
+    assert any(c.startswith("COCO bbox eval") for c in cases)
+    for r in rows:
+        assert r["ours_ms"] > 0 and r["baseline_ms"] > 0, r
+        assert math.isclose(r["ratio"], r["ours_ms"] / r["baseline_ms"], rel_tol=1e-9), r
+        assert r["target"] is not None, f"every case has a target: {r['case']} / {r['baseline']}"
+        assert r["met"] == (r["ratio"] <= r["target"])
+    evaluator = next(r for r in rows if r["case"].startswith("COCO bbox eval"))
+    assert evaluator["max_abs_ap_diff"] < 1e-9
+    assert 0.0 < evaluator["ap"] <= 1.0
+    # the printed table has the header and one line per row
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(rows)
