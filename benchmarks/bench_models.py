@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
 NUM_CLASSES = 80
 BOXES_PER_IMAGE = 7
-LEARNING_RATE = 1e-3  # small: random weights must not blow up over the repeats
+LEARNING_RATE = 0.0  # the SGD step runs in full, but random weights cannot diverge over repeats
 
 
 def _cases():
@@ -170,16 +170,34 @@ def build_pair(case, scale=1.0, device="cpu"):
         if k in ours_state and ours_state[k].shape == v.shape
     }
     ours.load_state_dict(shared, strict=False)
+    if getattr(getattr(ours, "proposal_generator", None), "activation", None) == "softmax":
+        _copy_objectness_into_softmax_pairs(ours.proposal_generator, base.proposal_generator)
     return ours, base
 
 
-def build_one(case, variant, scale=1.0, device="cpu"):
-    from detectron2.modeling import build_model
+def _copy_objectness_into_softmax_pairs(focal_rpn, rpn):
+    """Give softmax FocalRPN the baseline's objectness: logit(object) = the baseline's logit,
+    logit(background) = 0, so p(object) and the proposals are the same. Otherwise the two
+    models propose different boxes, and roi_align's cost (which grows with the box area at
+    detectron2's adaptive sampling ratio) would make the comparison one of random weights."""
+    from focal_rpn.modeling.rpn import BACKGROUND, OBJECT
 
-    (ours_file, ours_opts), (base_file, base_opts), _, _ = _cases()[case]
-    config_file, opts = (ours_file, ours_opts) if variant == "ours" else (base_file, base_opts)
-    torch.manual_seed(0)
-    return build_model(build_cfg(config_file, opts, scale, device))
+    pairs = focal_rpn.rpn_head.objectness_logits
+    single = rpn.rpn_head.objectness_logits
+    with torch.no_grad():
+        weight = pairs.weight.view(-1, 2, *pairs.weight.shape[1:])
+        weight[:, OBJECT] = single.weight
+        weight[:, BACKGROUND] = 0.0
+        bias = pairs.bias.view(-1, 2)
+        bias[:, OBJECT] = single.bias
+        bias[:, BACKGROUND] = 0.0
+
+
+def build_one(case, variant, scale=1.0, device="cpu"):
+    """The ``variant`` ("ours" or "baseline") model of :func:`build_pair` alone (both are built
+    in either case, so that the peak memory of the two workers counts the same)."""
+    ours, base = build_pair(case, scale, device)
+    return ours if variant == "ours" else base
 
 
 class Step:
