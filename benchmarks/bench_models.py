@@ -18,10 +18,11 @@ median(ours) / median(baseline).
 
 Peak memory: each (case, model) runs again in a fresh subprocess (``python bench_models.py
 --worker CASE VARIANT``) that builds the model, runs one warm-up and two measured steps, and
-reports its peak: on CPU the process's peak resident set size (``ru_maxrss``: interpreter,
-libraries, weights, optimizer state and the step's activations, all together; the imports are
-the same for both models, so the difference is the models'), on CUDA
-``torch.cuda.max_memory_allocated`` over the measured steps.
+reports its peak over the measured steps: on CPU the process's peak resident set size
+(``VmHWM``, reset after the warm-up step: interpreter, libraries, both models' weights,
+optimizer state and the step's activations, all together; the imports and the weights are the
+same for both workers, so the difference is the step's), on CUDA
+``torch.cuda.max_memory_allocated``.
 
 Run ``python benchmarks/bench_models.py [--scale S] [--repeats R]`` for this file's rows alone.
 """
@@ -29,7 +30,6 @@ import argparse
 import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -255,7 +255,9 @@ def time_alternating(step_ours, step_base, repeats, warmup=2, device="cpu"):
 
 
 def _measure_peak(case, variant, scale, device):
-    """Runs in the worker subprocess: peak memory (MB) of one warm-up and two steps."""
+    """Runs in the worker subprocess: peak memory (MiB) over two steps after a warm-up one."""
+    from focal_rpn.engine.hooks import peak_memory_mb, reset_peak_memory
+
     mode = _cases()[case][2]
     model = build_one(case, variant, scale, device)
     inputs = make_inputs(batch_size(case, scale), image_size(scale), mode == "train", 0, device)
@@ -263,13 +265,12 @@ def _measure_peak(case, variant, scale, device):
     step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     for _ in range(2):
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_memory_mb(device)
 
 
 def peak_memory_mb(case, variant, scale=1.0, device="cpu", threads=None):

@@ -38,3 +38,30 @@ def test_run_quick_prints_a_row_per_case_of_every_suite(tmp_path):
     # the printed table has the header and one line per row
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(rows)
+
+
+def _child_peak_mb():
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "from focal_rpn.engine.hooks import peak_memory_mb, reset_peak_memory;"
+         "print(peak_memory_mb()); reset_peak_memory(); print(peak_memory_mb())"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [float(v) for v in proc.stdout.split()[-2:]]
+
+
+def test_peak_memory_of_a_subprocess_does_not_include_its_parents():
+    """ru_maxrss is carried over fork + exec on Linux; the benchmark's memory workers and
+    compare_rpn's runs are subprocesses of big processes, so peak_memory_mb must not use it."""
+    import torch
+
+    small_parent, _ = _child_peak_mb()
+    ballast = torch.ones(2**30 // 4)  # 1 GiB resident in this (parent) process
+    big_parent, after_reset = _child_peak_mb()
+    assert float(ballast[-1]) == 1.0
+    assert abs(big_parent - small_parent) < 300, (
+        f"a subprocess reports {big_parent:.0f} MiB beside a 1 GiB bigger parent, "
+        f"{small_parent:.0f} MiB before: the parent's memory leaked into its peak"
+    )
+    assert 0 < after_reset <= big_parent + 1

@@ -20,14 +20,35 @@ logger = logging.getLogger(__name__)
 
 
 def peak_memory_mb(device="cpu"):
-    """Peak memory of this process in MiB: max RSS on CPU, max allocated CUDA memory on GPU."""
+    """Peak memory of this process in MiB: max allocated CUDA memory on GPU; on CPU the peak
+    resident set size of this process image (``VmHWM``). Not ``ru_maxrss``: Linux carries it
+    over fork and exec, so a subprocess would report at least its parent's size."""
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def reset_peak_memory(device="cpu"):
+    """Start a new peak for :func:`peak_memory_mb` (where the platform allows it)."""
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux >= 4.0: reset VmHWM to the current RSS
+    except OSError:
+        pass
+
+
 @torch.no_grad()
-def visualize_predictions(cfg, model, dataset_name, output_dir, num_images=4, score_thresh=0.5):
+def visualize_predictions(cfg, model, dataset_name, output_dir, num_images=4, score_thresh=0.3):
     """Write ``num_images`` PNGs of ``dataset_name`` with ground truth (left) and the model's
     detections scoring >= ``score_thresh`` (right) into ``output_dir``; return their paths."""
     model = unwrap_model(model)
@@ -73,7 +94,7 @@ def _encode_png(rgb):
 class PredictionVisualizer(HookBase):
     """After a completed training, draw predictions on the first images of a test set."""
 
-    def __init__(self, cfg, dataset_name, output_dir, num_images=4, score_thresh=0.5):
+    def __init__(self, cfg, dataset_name, output_dir, num_images=4, score_thresh=0.3):
         self.cfg = cfg
         self.dataset_name = dataset_name
         self.output_dir = output_dir
