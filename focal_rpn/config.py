@@ -6,7 +6,8 @@ ACTIVATIONS = ("sigmoid", "softmax")
 
 
 def add_focal_rpn_config(cfg):
-    """Add the MODEL.FOCAL_RPN and MODEL.FOCAL_RETINANET nodes to ``cfg`` (in place).
+    """Add the MODEL.FOCAL_RPN and MODEL.FOCAL_RETINANET nodes and SOLVER.OPTIMIZER / BETAS to
+    ``cfg`` (in place).
 
     Only new nodes are added; detectron2's defaults are never changed. Calling it twice is
     harmless (existing values are kept).
@@ -31,6 +32,12 @@ def add_focal_rpn_config(cfg):
         _C.MODEL.FOCAL_RETINANET = CN()
         # "sigmoid": K logits per anchor (the paper); "softmax": K + 1 (background last).
         _C.MODEL.FOCAL_RETINANET.ACTIVATION = "sigmoid"
+    if "OPTIMIZER" not in _C.SOLVER:
+        # "SGD" (detectron2's, the default) or "AdamW" (focal_rpn.engine.optim); both use
+        # SOLVER.BASE_LR, the weight decay keys, the LR schedule and CLIP_GRADIENTS.
+        _C.SOLVER.OPTIMIZER = "SGD"
+    if "BETAS" not in _C.SOLVER:
+        _C.SOLVER.BETAS = (0.9, 0.999)  # AdamW only
     return cfg
 
 

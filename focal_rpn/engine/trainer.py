@@ -24,8 +24,10 @@ import focal_rpn  # noqa: F401  (registers FocalRetinaNet and FocalRPN)
 
 from ..evaluation import build_coco_evaluator, evaluate_proposals, has_proposal_generator
 from .hooks import PredictionVisualizer, RunStats
+from .optim import build_optimizer, check_optimizer_config
 from .reliability import (
     AtomicCheckpointer,
+    ConfigError,
     GracefulInterrupt,
     IterationSeeder,
     NonFiniteLossGuard,
@@ -76,6 +78,10 @@ def build_config(args):
     if args.config_file:
         merge_config_file(cfg, args.config_file)  # errors: ConfigError naming file and key
     merge_config_opts(cfg, list(args.opts or []))
+    try:
+        check_optimizer_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 
@@ -173,6 +179,11 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_coco_evaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD, or AdamW with ``SOLVER.OPTIMIZER "AdamW"`` (focal_rpn.engine.optim)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):
