@@ -235,8 +235,9 @@ class _ROIAlignFunction(torch.autograd.Function):
         ctx.input_shape = (N, C, H, W)
         if R == 0 or C == 0 or N * H * W == 0:
             return input.new_zeros((R, C, PH, PW))
-        out = F.embedding_bag(col, _pixel_rows(input), crow[:-1], mode="sum",
-                              per_sample_weights=val)  # (R*PH*PW, C)
+        features = _pixel_rows(input)  # (N*H*W, C)
+        out = F.embedding_bag(col, features, crow[:-1], mode="sum", per_sample_weights=val)
+        del features  # (a copy unless channels_last) before the (R, C, PH, PW) result
         return out.view(R, PH, PW, C).permute(0, 3, 1, 2).contiguous()
 
     @staticmethod
@@ -250,6 +251,7 @@ class _ROIAlignFunction(torch.autograd.Function):
         grad = grad_output.permute(0, 2, 3, 1).reshape(-1, C)  # (R*PH*PW, C)
         ccol, row, tval = _transpose(crow, col, val, N * H * W)
         grad_rows = F.embedding_bag(row, grad, ccol[:-1], mode="sum", per_sample_weights=tval)
+        del grad, ccol, row, tval  # free the (R*PH*PW, C) copy before the (N, C, H, W) result
         return _from_pixel_rows(grad_rows, (N, C, H, W)), None, None, None, None, None
 
 
