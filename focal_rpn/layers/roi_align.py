@@ -75,13 +75,14 @@ def _axis_windows(start: Tensor, size: Tensor, grid: Tensor, pooled: int, length
         return zeros, zeros.clone(), zeros.clone(), torch.zeros(0, dtype=dtype, device=dev)
     roi = torch.repeat_interleave(torch.arange(R, device=dev), per_roi, output_size=num)
     first = torch.cumsum(per_roi, 0) - per_roi
-    k = torch.arange(num, device=dev) - first[roi]
-    g = grid[roi]
+    k = torch.arange(num, device=dev) - first.index_select(0, roi)
+    g = grid.index_select(0, roi)
     p = torch.div(k, g, rounding_mode="floor")
     i = k - p * g
-    bin_size = (size / pooled)[roi]
+    bin_size = (size / pooled).index_select(0, roi)
     # same operation order as torchvision: start + p * bin + (i + .5) * bin / grid
-    c = start[roi] + p.to(dtype) * bin_size + (i.to(dtype) + 0.5) * bin_size / g.to(dtype)
+    c = start.index_select(0, roi) + p.to(dtype) * bin_size
+    c += (i.to(dtype) + 0.5) * bin_size / g.to(dtype)
     valid = (c >= -1.0) & (c <= length)  # False for NaN
     c = torch.where(valid, c, c.nan_to_num(0.0, 0.0, 0.0).clamp(0.0, length - 1))
     c = c.clamp_(min=0.0)
@@ -101,7 +102,7 @@ def _axis_windows(start: Tensor, size: Tensor, grid: Tensor, pooled: int, length
     span = (end - base + 1).clamp_(min=0)
     offset = torch.cumsum(span, 0) - span
     weights = torch.zeros(int(span.sum()), dtype=dtype, device=dev)
-    pos = offset[group] - base[group]
+    pos = (offset - base).index_select(0, group)
     weights.index_add_(0, pos + low, w_low)
     weights.index_add_(0, pos + high, w_high)
     return base, span, offset, weights
