@@ -212,3 +212,12 @@ def test_use_fast_roi_align_on_faster_rcnn_keeps_the_training_losses():
     fast_grad = fast.roi_heads.box_head.fc1.weight.grad
     stock_grad = stock.roi_heads.box_head.fc1.weight.grad
     torch.testing.assert_close(fast_grad, stock_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_builds_faster_rcnn_with_fast_roi_align_and_retinanet_unchanged():
+    from focal_rpn.engine import Trainer
+
+    faster = Trainer.build_model(tiny_cfg("quick_faster_rcnn_R18.yaml"))
+    assert [type(m) for m in faster.roi_heads.box_pooler.level_poolers] == [FastROIAlign] * 4
+    retina = Trainer.build_model(tiny_cfg("quick_retinanet_R18.yaml"))
+    assert not any(isinstance(m, ROIAlign) for m in retina.modules())

@@ -22,6 +22,7 @@ from detectron2.utils.file_io import PathManager
 
 import focal_rpn  # noqa: F401  (registers FocalRetinaNet and FocalRPN)
 
+from ..layers import use_fast_roi_align
 from ..evaluation import build_coco_evaluator, evaluate_proposals, has_proposal_generator
 from .hooks import PredictionVisualizer, RunStats
 from .optim import build_optimizer, check_optimizer_config
@@ -179,6 +180,16 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_coco_evaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model with ``focal_rpn.layers.FastROIAlign`` in its ROI poolers: the same
+        results as detectron2's ROIAlign, a faster (multithreaded) CPU path, the GPU path as is."""
+        model = super().build_model(cfg)
+        swapped = use_fast_roi_align(model)
+        if swapped:
+            logger.info("ROIAlign -> FastROIAlign in %d ROI pooler level(s)", swapped)
+        return model
 
     @classmethod
     def build_optimizer(cls, cfg, model):
