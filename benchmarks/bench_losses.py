@@ -160,14 +160,18 @@ def run(scale: float = 1.0, repeats: int = 5, device: str = "cpu") -> List[Dict]
     return rows
 
 
-def format_table(rows: List[Dict]) -> str:
-    head = f"{'case':34s} {'baseline':36s} {'ours ms':>9s} {'base ms':>9s} {'ratio':>6s} " \
-        f"{'ours MB':>8s} {'base MB':>8s}"
+def format_table(rows: List[Dict], baseline_width: int = 36, extra=()) -> str:
+    """A plain-text table of the rows; ``extra``: (header, key, format spec) columns appended."""
+    head = f"{'case':34s} {'baseline':{baseline_width}s} {'ours ms':>9s} {'base ms':>9s} " \
+        f"{'ratio':>6s} {'ours MB':>8s} {'base MB':>8s}"
+    head += "".join(f" {header:>9s}" for header, _, _ in extra)
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['case']:34s} {r['baseline']:36s} {r['ours_ms']:9.1f} {r['baseline_ms']:9.1f} "
-            f"{r['ratio']:6.3f} {r['ours_peak_mb']:8.1f} {r['baseline_peak_mb']:8.1f}"
+            f"{r['case']:34s} {r['baseline']:{baseline_width}s} {r['ours_ms']:9.1f} "
+            f"{r['baseline_ms']:9.1f} {r['ratio']:6.3f} {r['ours_peak_mb']:8.1f} "
+            f"{r['baseline_peak_mb']:8.1f}"
+            + "".join(f" {r[key]:{spec}}" for _, key, spec in extra)
         )
     return "\n".join(lines)
 

@@ -24,8 +24,6 @@ features, boxes and ``grad`` are built outside the timed region. Peak memory: be
 import argparse
 import importlib.util
 import os
-import statistics
-import time
 from typing import Dict, List
 
 import torch
@@ -38,12 +36,13 @@ QUICK_CASES = ((2, 8, 64),)
 QUICK_IMAGE_SIZE = 64
 
 
-def _peak_memory_mb():
-    spec = importlib.util.spec_from_file_location("bench_losses", os.path.join(HERE,
-                                                                               "bench_losses.py"))
+def _bench_losses():
+    """bench_losses.py as a module (its timing, peak memory and table code are shared)."""
+    spec = importlib.util.spec_from_file_location("bench_losses",
+                                                  os.path.join(HERE, "bench_losses.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.peak_memory_mb
+    return module
 
 
 def random_boxes(num: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -54,17 +53,6 @@ def random_boxes(num: int, size: int, generator: torch.Generator) -> torch.Tenso
     return torch.cat([ctr - wh / 2, ctr + wh / 2], dim=1).clamp(0, size)
 
 
-def _time_pair(ours, base, repeats: int):
-    ours(), base()  # warm-up
-    t_ours, t_base = [], []
-    for _ in range(repeats):
-        for fn, acc in ((ours, t_ours), (base, t_base)):
-            t0 = time.perf_counter()
-            fn()
-            acc.append(time.perf_counter() - t0)
-    return statistics.median(t_ours) * 1e3, statistics.median(t_base) * 1e3
-
-
 def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict]:
     """Rows {case, ours_ms, baseline, baseline_ms, ratio (ours / baseline), ours_peak_mb,
     baseline_peak_mb, max_abs_diff} for pooler forward + backward, FastROIAlign vs ROIAlign."""
@@ -73,7 +61,8 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
 
     from focal_rpn.layers import use_fast_roi_align
 
-    peak_memory_mb = _peak_memory_mb()
+    shared = _bench_losses()
+    cpu = torch.device("cpu")
     size = QUICK_IMAGE_SIZE if quick else IMAGE_SIZE
     rows = []
     for num_images, channels, num_rois in QUICK_CASES if quick else CASES:
@@ -99,32 +88,23 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
         (out_o, grads_o), (out_b, grads_b) = ours(), base()
         diff = max([(out_o - out_b).abs().max().item()]
                    + [(a - b).abs().max().item() for a, b in zip(grads_o, grads_b)])
-        ours_ms, base_ms = _time_pair(ours, base, repeats)
+        ours_ms, base_ms = shared._time_pair(ours, base, repeats, cpu)
         rows.append({
             "case": f"roi_align fwd+bwd {num_rois} rois C={channels}",
             "ours_ms": ours_ms,
             "baseline": "detectron2 ROIAlign (torchvision)",
             "baseline_ms": base_ms,
             "ratio": ours_ms / base_ms,
-            "ours_peak_mb": peak_memory_mb(ours, torch.device("cpu")) if memory else float("nan"),
-            "baseline_peak_mb": (peak_memory_mb(base, torch.device("cpu")) if memory
-                                 else float("nan")),
+            "ours_peak_mb": shared.peak_memory_mb(ours, cpu) if memory else float("nan"),
+            "baseline_peak_mb": shared.peak_memory_mb(base, cpu) if memory else float("nan"),
             "max_abs_diff": diff,
         })
     return rows
 
 
 def format_table(rows: List[Dict]) -> str:
-    head = f"{'case':34s} {'baseline':34s} {'ours ms':>9s} {'base ms':>9s} {'ratio':>6s} " \
-        f"{'ours MB':>8s} {'base MB':>8s} {'max diff':>9s}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['case']:34s} {r['baseline']:34s} {r['ours_ms']:9.1f} {r['baseline_ms']:9.1f} "
-            f"{r['ratio']:6.3f} {r['ours_peak_mb']:8.1f} {r['baseline_peak_mb']:8.1f} "
-            f"{r['max_abs_diff']:9.2e}"
-        )
-    return "\n".join(lines)
+    return _bench_losses().format_table(rows, baseline_width=34,
+                                        extra=(("max diff", "max_abs_diff", "9.2e"),))
 
 
 if __name__ == "__main__":

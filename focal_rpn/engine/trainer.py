@@ -22,8 +22,8 @@ from detectron2.utils.file_io import PathManager
 
 import focal_rpn  # noqa: F401  (registers FocalRetinaNet and FocalRPN)
 
-from ..layers import use_fast_roi_align
 from ..evaluation import build_coco_evaluator, evaluate_proposals, has_proposal_generator
+from ..layers import use_fast_roi_align
 from .hooks import PredictionVisualizer, RunStats
 from .optim import build_optimizer, check_optimizer_config
 from .reliability import (
