@@ -21,7 +21,14 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
-from ..config import check_activation, check_alpha, check_gamma, check_probability
+from ..config import (
+    check_activation,
+    check_alpha,
+    check_bool,
+    check_gamma,
+    check_probability,
+)
+from ..layers import use_winograd_convs
 from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
 
 __all__ = ["FocalRetinaNet"]
@@ -63,17 +70,24 @@ class FocalRetinaNet(RetinaNet):
 
     The EMA of the number of foreground anchors that normalises the losses is a buffer
     (``loss_normalizer``), so it is saved in checkpoints and a resumed run continues with it.
+
+    With ``winograd=True`` the head's 3x3 convolutions are ``focal_rpn.layers.WinogradConv2d``:
+    the same parameters, computed as Winograd F(4x4, 3x3) on CPU where that is faster (wide
+    convolutions on large maps), as ``nn.Conv2d`` everywhere else (GPU included).
     """
 
     @configurable
-    def __init__(self, *, activation: str = "sigmoid", **kwargs):
+    def __init__(self, *, activation: str = "sigmoid", winograd: bool = True, **kwargs):
         """
         Args:
             activation: "sigmoid" or "softmax". With "softmax", ``head`` must predict
                 ``num_classes + 1`` logits per anchor.
+            winograd: run the head's 3x3 convolutions through ``WinogradConv2d``.
             kwargs: the arguments of detectron2's ``RetinaNet``.
         """
         super().__init__(**kwargs)
+        if winograd:
+            use_winograd_convs(self.head)
         check_activation("activation", activation)
         check_alpha("focal_loss_alpha", self.focal_loss_alpha)
         check_gamma("focal_loss_gamma", self.focal_loss_gamma)
@@ -90,8 +104,10 @@ class FocalRetinaNet(RetinaNet):
         check_alpha("MODEL.RETINANET.FOCAL_LOSS_ALPHA", cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA)
         check_gamma("MODEL.RETINANET.FOCAL_LOSS_GAMMA", cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA)
         check_probability("MODEL.RETINANET.PRIOR_PROB", cfg.MODEL.RETINANET.PRIOR_PROB)
+        check_bool("MODEL.FOCAL_RETINANET.WINOGRAD", cfg.MODEL.FOCAL_RETINANET.WINOGRAD)
         ret = super().from_config(cfg)
         ret["activation"] = activation
+        ret["winograd"] = cfg.MODEL.FOCAL_RETINANET.WINOGRAD
         if activation == "softmax":
             ret["head"] = _build_softmax_head(cfg, ret["backbone"])
         return ret

@@ -1,0 +1,232 @@
+"""Winograd F(4x4, 3x3) convolutions: values and gradients against F.conv2d, dispatch, and
+FocalRetinaNet with its head on the Winograd path against detectron2's RetinaNet."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.layers import Conv2d as D2Conv2d
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import focal_rpn.layers.winograd as winograd
+from focal_rpn.layers import WinogradConv2d, use_winograd_convs, winograd_conv3x3
+
+from tiny_models import batched_inputs, tiny_cfg
+
+SHAPES = [  # (N, C, K, H, W): multiples of 4, ragged sizes, 1 x 1 maps, C != K
+    (2, 8, 8, 8, 8),
+    (1, 5, 7, 9, 6),
+    (3, 4, 2, 1, 1),
+    (2, 3, 16, 13, 17),
+    (1, 16, 4, 4, 20),
+]
+
+
+def _random(shape, seed, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("n,c,k,h,w", SHAPES)
+def test_equals_conv2d_in_float64(n, c, k, h, w):
+    x, weight, bias = _random((n, c, h, w), 0), _random((k, c, 3, 3), 1), _random((k,), 2)
+    torch.testing.assert_close(
+        winograd_conv3x3(x, weight, bias), F.conv2d(x, weight, bias, padding=1),
+        rtol=1e-10, atol=1e-10,
+    )
+    torch.testing.assert_close(
+        winograd_conv3x3(x, weight), F.conv2d(x, weight, padding=1), rtol=1e-10, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("n,c,k,h,w", SHAPES)
+def test_gradients_equal_conv2d_in_float64(n, c, k, h, w):
+    leaves = [_random((n, c, h, w), 0), _random((k, c, 3, 3), 1), _random((k,), 2)]
+    grad_out = _random((n, k, h, w), 3)
+    grads = []
+    for fn in (winograd_conv3x3, lambda x, wt, b: F.conv2d(x, wt, b, padding=1)):
+        inputs = [t.clone().requires_grad_() for t in leaves]
+        fn(*inputs).backward(grad_out)
+        grads.append([t.grad for t in inputs])
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_gradcheck():
+    inputs = [
+        _random((1, 2, 5, 6), 0).requires_grad_(),
+        _random((3, 2, 3, 3), 1).requires_grad_(),
+        _random((3,), 2).requires_grad_(),
+    ]
+    assert torch.autograd.gradcheck(winograd_conv3x3, inputs)
+
+
+def test_float32_error_is_small_at_retinanet_scale():
+    """256 -> 256 channels on a 2 x 20 x 20 map (summing 2304 products per output): the
+    float32 result is within 2e-5 of the float64 convolution, relative to the output's scale."""
+    x, weight = _random((2, 256, 20, 20), 0), _random((256, 256, 3, 3), 1) * 0.02
+    reference = F.conv2d(x, weight, padding=1)
+    ours = winograd_conv3x3(x.float(), weight.float()).double()
+    error = (ours - reference).abs().max() / reference.abs().max()
+    assert error < 2e-5, error
+
+
+def test_rejects_wrong_shapes_with_a_message():
+    with pytest.raises(ValueError, match=r"weight \(K, C, 3, 3\)"):
+        winograd_conv3x3(torch.zeros(1, 2, 4, 4), torch.zeros(2, 2, 5, 5))
+    with pytest.raises(ValueError, match="3 input channels, x has 2"):
+        winograd_conv3x3(torch.zeros(1, 2, 4, 4), torch.zeros(2, 3, 3, 3))
+
+
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    """A list that gets one entry per call of the Winograd path inside WinogradConv2d."""
+    calls = []
+    original = winograd.winograd_conv3x3
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(winograd, "winograd_conv3x3", spy)
+    return calls
+
+
+def _eligible_conv():
+    torch.manual_seed(0)
+    return nn.Conv2d(winograd.MIN_IN_CHANNELS, winograd.MIN_OUT_CHANNELS, 3, padding=1)
+
+
+def test_module_takes_winograd_path_where_it_pays_off(winograd_calls):
+    conv = _eligible_conv()
+    fast = WinogradConv2d.from_conv(conv)
+    x = torch.randn(1, conv.in_channels, 12, 12)
+    torch.testing.assert_close(fast(x), conv(x), rtol=1e-4, atol=1e-4)
+    assert len(winograd_calls) == 1
+
+
+@pytest.mark.parametrize(
+    "case", ["small map", "float64", "tracing", "narrow"],
+)
+def test_module_falls_back_to_conv2d_exactly(case, winograd_calls):
+    conv = _eligible_conv()
+    x = torch.randn(1, conv.in_channels, 12, 12)
+    if case == "small map":
+        x = x[:, :, :8, :8]
+    elif case == "float64":
+        conv, x = conv.double(), x.double()
+    elif case == "narrow":
+        conv = nn.Conv2d(8, 8, 3, padding=1)
+        x = torch.randn(1, 8, 32, 32)
+    fast = WinogradConv2d.from_conv(conv)
+    with torch.no_grad():
+        if case == "tracing":
+            actual = torch.jit.trace(fast, x, check_trace=False)(x)
+        else:
+            actual = fast(x)
+        assert torch.equal(actual, conv(x))
+    assert winograd_calls == []
+
+
+def test_from_conv_shares_parameters_and_state_dict_keys():
+    conv = _eligible_conv()
+    state = torch.random.get_rng_state()
+    fast = WinogradConv2d.from_conv(conv)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no parameters were drawn
+    assert fast.weight is conv.weight and fast.bias is conv.bias
+    assert fast.state_dict().keys() == conv.state_dict().keys()
+    no_bias = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+    assert WinogradConv2d.from_conv(no_bias).bias is None
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"stride": 2, "padding": 1}, {"padding": 0}, {"padding": 2, "dilation": 2},
+               {"padding": 1, "groups": 2}],
+)
+def test_constructor_rejects_other_convolutions(kwargs):
+    with pytest.raises(ValueError, match="3x3 convolution with stride 1, padding 1"):
+        WinogradConv2d(4, 4, 3, **kwargs)
+
+
+def test_use_winograd_convs_replaces_plain_3x3_convs_only():
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1),  # replaced
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False)),  # replaced (nested)
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),  # strided: kept
+        nn.Conv2d(4, 4, 1),  # 1x1: kept
+        D2Conv2d(4, 4, 3, padding=1),  # a subclass with norm / activation: kept
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert use_winograd_convs(model) == 2
+    kinds = [type(m) for m in (model[0], model[2][0], model[3], model[4], model[5])]
+    assert kinds == [WinogradConv2d, WinogradConv2d, nn.Conv2d, nn.Conv2d, D2Conv2d]
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert use_winograd_convs(model) == 0  # idempotent
+
+
+def _wide_retinanet_pair(opts=()):
+    """FocalRetinaNet and detectron2's RetinaNet, same weights, with a 256-channel head so that
+    P3 of a 128 px image (16 x 16) takes the Winograd path."""
+    wide = ["MODEL.FPN.OUT_CHANNELS", 256, "INPUT.MIN_SIZE_TEST", 128, "INPUT.MAX_SIZE_TEST", 128]
+    torch.manual_seed(0)
+    focal = build_model(tiny_cfg("retinanet_R50.yaml", wide + list(opts)))
+    stock = build_model(
+        tiny_cfg("retinanet_R50.yaml", wide + ["MODEL.META_ARCHITECTURE", "RetinaNet"])
+    )
+    stock.load_state_dict(
+        {k: v for k, v in focal.state_dict().items() if k != "loss_normalizer"}, strict=True
+    )
+    return focal, stock
+
+
+def test_focal_retinanet_head_on_winograd_path_matches_stock(winograd_calls):
+    focal, stock = _wide_retinanet_pair()
+    head_convs = [m for m in focal.head.modules() if isinstance(m, nn.Conv2d)]
+    assert head_convs and all(type(m) is WinogradConv2d for m in head_convs)
+    inputs = batched_inputs(num_images=2, num_boxes=3, size=128)
+    with EventStorage():
+        focal_losses = focal(copy.deepcopy(inputs))
+        stock_losses = stock(copy.deepcopy(inputs))
+    assert winograd_calls, "no convolution took the Winograd path"
+    for key in stock_losses:
+        torch.testing.assert_close(focal_losses[key], stock_losses[key], rtol=1e-4, atol=1e-6)
+    sum(focal_losses.values()).backward()
+    sum(stock_losses.values()).backward()
+    for name in ("cls_subnet.0.weight", "cls_score.weight", "bbox_subnet.0.weight"):
+        ours = dict(focal.head.named_parameters())[name].grad
+        theirs = dict(stock.head.named_parameters())[name].grad
+        torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3 * theirs.abs().max())
+
+
+def test_winograd_off_keeps_plain_convs():
+    focal, _ = _wide_retinanet_pair(["MODEL.FOCAL_RETINANET.WINOGRAD", False])
+    assert not any(isinstance(m, WinogradConv2d) for m in focal.modules())
+
+
+def test_bad_winograd_value_names_the_key():
+    # from a yaml file or the command line, yacs refuses a non-bool, naming the key ...
+    with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.WINOGRAD"):
+        tiny_cfg("retinanet_R50.yaml", ["MODEL.FOCAL_RETINANET.WINOGRAD", "yes"])
+    # ... and a value set in code is refused when the model is built.
+    cfg = tiny_cfg("retinanet_R50.yaml")
+    cfg.MODEL.FOCAL_RETINANET.WINOGRAD = "yes"
+    with pytest.raises(ValueError, match=r"MODEL.FOCAL_RETINANET.WINOGRAD = 'yes'.*True or False"):
+        build_model(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_falls_back_to_conv2d_and_function_runs_on_cuda(winograd_calls):
+    conv = _eligible_conv().cuda()
+    x = torch.randn(1, conv.in_channels, 16, 16, device="cuda")
+    fast = WinogradConv2d.from_conv(conv)
+    with torch.no_grad():
+        assert torch.equal(fast(x), conv(x))
+        assert winograd_calls == []
+        torch.testing.assert_close(
+            winograd.winograd_conv3x3(x, conv.weight, conv.bias), conv(x), rtol=1e-3, atol=1e-3
+        )
