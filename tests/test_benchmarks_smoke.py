@@ -29,6 +29,8 @@ def test_run_quick_prints_a_row_per_case_of_every_suite(tmp_path):
     assert any(c.startswith("COCO bbox eval") for c in cases)
     roi_align = [r for r in rows if r["case"].startswith("roi_align")]
     assert len(roi_align) == 1 and roi_align[0]["max_abs_diff"] < 1e-4, roi_align
+    winograd = [r for r in rows if r["case"].startswith("winograd conv")]
+    assert len(winograd) == 1 and winograd[0]["max_rel_diff"] < 1e-5, winograd
     for r in rows:
         assert r["ours_ms"] > 0 and r["baseline_ms"] > 0, r
         assert math.isclose(r["ratio"], r["ours_ms"] / r["baseline_ms"], rel_tol=1e-9), r

@@ -1,0 +1,97 @@
+"""Benchmark of focal_rpn.layers.winograd_conv3x3 (Winograd F(4x4, 3x3)) against ``F.conv2d``
+(PyTorch's CPU convolution, oneDNN), forward + backward, float32, on CPU.
+
+Cases (stride-1, padding-1 3x3 convolutions of RetinaNet's head, where FocalRetinaNet runs
+them through ``WinogradConv2d``):
+
+* ``winograd conv fwd+bwd 256->256 4x32x32``: a subnet conv on P3 of a 256 px image, batch 4
+  (bench_models.py's retinanet_train case);
+* ``winograd conv fwd+bwd 256->720 4x32x32``: the class conv there (80 classes x 9 anchors);
+* ``winograd conv fwd+bwd 256->256 2x100x136``: a subnet conv on P3 of an 800 x 1088 input,
+  batch 2 (the paper's R50 recipe).
+
+    .venv/bin/python benchmarks/bench_winograd.py [--quick] [--repeats 5] [--threads 2]
+
+Timing as in bench_losses.py: one warm-up call each, then ``repeats`` rounds in which ours and
+the baseline run alternately; the median is reported. A round is ``y = conv(x, w, b);
+y.backward(grad)`` on fresh leaves (the ``.grad`` allocations included). Peak memory:
+bench_losses' ``peak_memory_mb`` (tensor bytes allocated during one forward + backward).
+``max_rel_diff``: the largest difference of outputs and gradients, relative to the largest
+magnitude of each.
+"""
+import argparse
+import importlib.util
+import os
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CASES = ((4, 256, 256, 32, 32), (4, 256, 720, 32, 32), (2, 256, 256, 100, 136))  # N C K H W
+QUICK_CASES = ((1, 256, 128, 12, 12),)
+
+
+def _bench_losses():
+    """bench_losses.py as a module (its timing, peak memory and table code are shared)."""
+    spec = importlib.util.spec_from_file_location("bench_losses",
+                                                  os.path.join(HERE, "bench_losses.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict]:
+    """Rows {case, ours_ms, baseline, baseline_ms, ratio (ours / baseline), ours_peak_mb,
+    baseline_peak_mb, max_rel_diff} for 3x3 conv forward + backward."""
+    from focal_rpn.layers import winograd_conv3x3
+
+    shared = _bench_losses()
+    cpu = torch.device("cpu")
+    rows = []
+    for n, c, k, h, w in QUICK_CASES if quick else CASES:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(n, c, h, w, generator=gen)
+        weight = torch.randn(k, c, 3, 3, generator=gen) * (2.0 / (9 * c)) ** 0.5
+        bias = torch.randn(k, generator=gen)
+        grad = torch.randn(n, k, h, w, generator=gen)
+
+        def step(conv):
+            def fn():
+                leaves = [t.detach().requires_grad_(True) for t in (x, weight, bias)]
+                y = conv(*leaves)
+                y.backward(grad)
+                return [y] + [t.grad for t in leaves]
+            return fn
+
+        ours = step(winograd_conv3x3)
+        base = step(lambda x_, w_, b_: F.conv2d(x_, w_, b_, padding=1))
+        diff = max(((a - b).abs().max() / b.abs().max()).item()
+                   for a, b in zip(ours(), base()))
+        ours_ms, base_ms = shared._time_pair(ours, base, repeats, cpu)
+        rows.append({
+            "case": f"winograd conv fwd+bwd {c}->{k} {n}x{h}x{w}",
+            "ours_ms": ours_ms,
+            "baseline": "F.conv2d (oneDNN)",
+            "baseline_ms": base_ms,
+            "ratio": ours_ms / base_ms,
+            "ours_peak_mb": shared.peak_memory_mb(ours, cpu) if memory else float("nan"),
+            "baseline_peak_mb": shared.peak_memory_mb(base, cpu) if memory else float("nan"),
+            "max_rel_diff": diff,
+        })
+    return rows
+
+
+def format_table(rows: List[Dict]) -> str:
+    return _bench_losses().format_table(rows, baseline_width=20,
+                                        extra=(("max rel diff", "max_rel_diff", "9.2e"),))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(format_table(run(args.quick, args.repeats)))
