@@ -41,6 +41,19 @@ def test_equals_conv2d_in_float64(n, c, k, h, w):
     )
 
 
+@pytest.mark.parametrize("chunk_tiles,chunk_channels", [(1, 5), (5, 2), (8, 3), (100, 100)])
+def test_inference_in_chunks_equals_conv2d(chunk_tiles, chunk_channels, monkeypatch):
+    """Without autograd, chunks of 1, 1, 2, 3 images (of 4 tiles) and 5, 2, 3, 5 channels."""
+    monkeypatch.setattr(winograd, "INFERENCE_CHUNK_TILES", chunk_tiles)
+    monkeypatch.setattr(winograd, "INFERENCE_CHUNK_CHANNELS", chunk_channels)
+    x, weight, bias = _random((3, 4, 7, 8), 0), _random((5, 4, 3, 3), 1), _random((5,), 2)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            winograd_conv3x3(x, weight, bias), F.conv2d(x, weight, bias, padding=1),
+            rtol=1e-10, atol=1e-10,
+        )
+
+
 @pytest.mark.parametrize("n,c,k,h,w", SHAPES)
 def test_gradients_equal_conv2d_in_float64(n, c, k, h, w):
     leaves = [_random((n, c, h, w), 0), _random((k, c, 3, 3), 1), _random((k,), 2)]
