@@ -121,7 +121,7 @@ def test_module_takes_winograd_path_where_it_pays_off(winograd_calls):
 
 
 @pytest.mark.parametrize(
-    "case", ["small map", "float64", "tracing", "narrow"],
+    "case", ["small map", "float64", "tracing", "narrow", "autocast"],
 )
 def test_module_falls_back_to_conv2d_exactly(case, winograd_calls):
     conv = _eligible_conv()
@@ -137,9 +137,14 @@ def test_module_falls_back_to_conv2d_exactly(case, winograd_calls):
     with torch.no_grad():
         if case == "tracing":
             actual = torch.jit.trace(fast, x, check_trace=False)(x)
+            expected = conv(x)
+        elif case == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                actual, expected = fast(x), conv(x)
+            assert actual.dtype == torch.bfloat16
         else:
-            actual = fast(x)
-        assert torch.equal(actual, conv(x))
+            actual, expected = fast(x), conv(x)
+        assert torch.equal(actual, expected)
     assert winograd_calls == []
 
 

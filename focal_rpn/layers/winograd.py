@@ -1,4 +1,4 @@
-"""3x3 convolutions as Winograd F(4x4, 3x3) batched matrix products, for CPU training.
+"""3x3 convolutions as Winograd F(4x4, 3x3) batched matrix products, for CPU speed.
 
 A stride-1, padding-1 3x3 convolution computes every 4x4 output tile from a 6x6 input tile.
 Winograd's minimal filtering algorithm (Lavin & Gray 2016, "Fast Algorithms for Convolutional
@@ -24,8 +24,10 @@ It pays off only for wide convolutions on large enough maps: for narrow ones or 
 transforms cost more than they save, hence :func:`winograd_pays_off`.
 
 Numerics: the transforms use the points 0, +-1, +-2 and are exact in real arithmetic; in
-float32 the result differs from ``F.conv2d`` by a few 1e-6 relative to the output's magnitude
-(tested against float64 in ``tests/test_winograd.py``).
+float32 the result differs from ``F.conv2d`` by less than 1e-5 relative to the output's
+magnitude (tested against float64 in ``tests/test_winograd.py``). Low precision (float16,
+bfloat16, autocast) is left to ``F.conv2d``: the transforms' constants (1/6, 1/24, 8) would
+cost too many bits there.
 
 Shapes: N images, C in-channels, K out-channels, H x W map, T = N * ceil(H/4) * ceil(W/4) tiles.
 """
@@ -182,11 +184,12 @@ MIN_PIXELS = 12 * 12
 
 def winograd_pays_off(x: Tensor, conv: nn.Conv2d) -> bool:
     """Whether ``conv(x)`` is faster as :func:`winograd_conv3x3` than as ``F.conv2d``: float32 on
-    CPU (GPUs have cuDNN, which picks its own algorithms), wide enough and on a map large
-    enough for the transforms to cost less than the multiplications they save."""
+    CPU outside autocast (GPUs have cuDNN, which picks its own algorithms), wide enough and on
+    a map large enough for the transforms to cost less than the multiplications they save."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
         and conv.in_channels >= MIN_IN_CHANNELS
         and conv.out_channels >= MIN_OUT_CHANNELS
         and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
