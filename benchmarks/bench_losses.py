@@ -90,7 +90,10 @@ def peak_memory_mb(fn, device: torch.device) -> float:
     return peak / 2**20
 
 
-def _row(case, ours, baseline, base_fn, repeats, device) -> Dict:
+def pair_row(case, ours, baseline, base_fn, repeats, device, memory=True, **extra) -> Dict:
+    """One table row: ``ours`` and ``base_fn`` (no-argument callables) timed alternately
+    (:func:`_time_pair`) and, unless ``memory`` is False, their peak memory; ``extra`` keys
+    (e.g. a measured difference) are added as they are."""
     ours_ms, base_ms = _time_pair(ours, base_fn, repeats, device)
     return {
         "case": case,
@@ -98,8 +101,9 @@ def _row(case, ours, baseline, base_fn, repeats, device) -> Dict:
         "baseline": baseline,
         "baseline_ms": base_ms,
         "ratio": ours_ms / base_ms,
-        "ours_peak_mb": peak_memory_mb(ours, device),
-        "baseline_peak_mb": peak_memory_mb(base_fn, device),
+        "ours_peak_mb": peak_memory_mb(ours, device) if memory else float("nan"),
+        "baseline_peak_mb": peak_memory_mb(base_fn, device) if memory else float("nan"),
+        **extra,
     }
 
 
@@ -140,7 +144,7 @@ def run(scale: float = 1.0, repeats: int = 5, device: str = "cpu") -> List[Dict]
         ("torchvision.ops.sigmoid_focal_loss", tv_sigmoid),
     ):
         base = _fwd_bwd(lambda x, fn=fn: fn(x, targets, 0.25, 2.0, "sum"), logits)
-        rows.append(_row(name, ours, baseline, base, repeats, dev))
+        rows.append(pair_row(name, ours, baseline, base, repeats, dev))
 
     C = K + 1
     logits_c = (torch.randn(R, C, generator=gen) * 2.0).to(dev)
@@ -148,7 +152,7 @@ def run(scale: float = 1.0, repeats: int = 5, device: str = "cpu") -> List[Dict]
     ours_c = _fwd_bwd(lambda x: softmax_focal_loss(x, labels_c, reduction="sum"), logits_c)
     base_c = _fwd_bwd(lambda x: softmax_focal_composition(x, labels_c), logits_c)
     rows.append(
-        _row(
+        pair_row(
             f"softmax focal fwd+bwd {R}x{C}",
             ours_c,
             "log_softmax+gather+exp+pow+mul+sum",

@@ -88,17 +88,10 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
         (out_o, grads_o), (out_b, grads_b) = ours(), base()
         diff = max([(out_o - out_b).abs().max().item()]
                    + [(a - b).abs().max().item() for a, b in zip(grads_o, grads_b)])
-        ours_ms, base_ms = shared._time_pair(ours, base, repeats, cpu)
-        rows.append({
-            "case": f"roi_align fwd+bwd {num_rois} rois C={channels}",
-            "ours_ms": ours_ms,
-            "baseline": "detectron2 ROIAlign (torchvision)",
-            "baseline_ms": base_ms,
-            "ratio": ours_ms / base_ms,
-            "ours_peak_mb": shared.peak_memory_mb(ours, cpu) if memory else float("nan"),
-            "baseline_peak_mb": shared.peak_memory_mb(base, cpu) if memory else float("nan"),
-            "max_abs_diff": diff,
-        })
+        rows.append(shared.pair_row(
+            f"roi_align fwd+bwd {num_rois} rois C={channels}", ours,
+            "detectron2 ROIAlign (torchvision)", base, repeats, cpu, memory, max_abs_diff=diff,
+        ))
     return rows
 
 

@@ -68,17 +68,10 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
         base = step(lambda x_, w_, b_: F.conv2d(x_, w_, b_, padding=1))
         diff = max(((a - b).abs().max() / b.abs().max()).item()
                    for a, b in zip(ours(), base()))
-        ours_ms, base_ms = shared._time_pair(ours, base, repeats, cpu)
-        rows.append({
-            "case": f"winograd conv fwd+bwd {c}->{k} {n}x{h}x{w}",
-            "ours_ms": ours_ms,
-            "baseline": "F.conv2d (oneDNN)",
-            "baseline_ms": base_ms,
-            "ratio": ours_ms / base_ms,
-            "ours_peak_mb": shared.peak_memory_mb(ours, cpu) if memory else float("nan"),
-            "baseline_peak_mb": shared.peak_memory_mb(base, cpu) if memory else float("nan"),
-            "max_rel_diff": diff,
-        })
+        rows.append(shared.pair_row(
+            f"winograd conv fwd+bwd {c}->{k} {n}x{h}x{w}", ours, "F.conv2d (oneDNN)", base,
+            repeats, cpu, memory, max_rel_diff=diff,
+        ))
     return rows
 
 
