@@ -12,7 +12,7 @@ ratio survives a noisy machine. The rows come from:
 * ``bench_winograd.py``: 3x3 convolutions of RetinaNet's head, forward + backward, Winograd
   F(4x4, 3x3) vs ``F.conv2d``.
 
-    .venv/bin/python benchmarks/run.py                 # full sizes (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py                 # full sizes (about 14 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --quick         # tiny sizes: a smoke test, not a measurement
     .venv/bin/python benchmarks/run.py --only losses --json out.json
 
