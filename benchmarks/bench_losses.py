@@ -164,21 +164,36 @@ def run(scale: float = 1.0, repeats: int = 5, device: str = "cpu") -> List[Dict]
     return rows
 
 
-def format_table(rows: List[Dict], baseline_width: int = 36, extra=()) -> str:
-    """A plain-text table of the rows; ``extra``: (header, key, format spec) columns appended."""
-    head = f"{'case':34s} {'baseline':{baseline_width}s} {'ours ms':>9s} {'base ms':>9s} " \
+def format_table(rows: List[Dict], extra=()) -> str:
+    """A plain-text table of the rows; ``extra``: (header, key, format spec) columns appended.
+    The case and baseline columns are as wide as their longest entry."""
+    case_w = max([len("case")] + [len(r["case"]) for r in rows])
+    base_w = max([len("baseline")] + [len(r["baseline"]) for r in rows])
+    head = f"{'case':{case_w}s} {'baseline':{base_w}s} {'ours ms':>9s} {'base ms':>9s} " \
         f"{'ratio':>6s} {'ours MB':>8s} {'base MB':>8s}"
     head += "".join(f" {header:>9s}" for header, _, _ in extra)
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['case']:34s} {r['baseline']:{baseline_width}s} {r['ours_ms']:9.1f} "
+            f"{r['case']:{case_w}s} {r['baseline']:{base_w}s} {r['ours_ms']:9.1f} "
             f"{r['baseline_ms']:9.1f} {r['ratio']:6.3f} {r['ours_peak_mb']:8.1f} "
             f"{r['baseline_peak_mb']:8.1f}"
             + "".join(f" {r[key]:{spec}}" for _, key, spec in extra)
         )
     return "\n".join(lines)
 
+
+
+def layer_suite_main(doc: str, run, format_table) -> None:
+    """Command line of a layer suite (bench_roi_align.py, bench_winograd.py) run alone:
+    ``[--quick] [--repeats R] [--threads T]``, then its table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(format_table(run(args.quick, args.repeats)))
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

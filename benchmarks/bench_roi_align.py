@@ -21,7 +21,6 @@ features, boxes and ``grad`` are built outside the timed region. Peak memory: be
 ``peak_memory_mb`` (tensor bytes allocated during one forward + backward, on CPU from
 ``torch.profiler``'s memory records).
 """
-import argparse
 import importlib.util
 import os
 from typing import Dict, List
@@ -96,15 +95,8 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
 
 
 def format_table(rows: List[Dict]) -> str:
-    return _bench_losses().format_table(rows, baseline_width=34,
-                                        extra=(("max diff", "max_abs_diff", "9.2e"),))
+    return _bench_losses().format_table(rows, extra=(("max diff", "max_abs_diff", "9.2e"),))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(format_table(run(args.quick, args.repeats)))
+    _bench_losses().layer_suite_main(__doc__, run, format_table)

@@ -19,7 +19,6 @@ bench_losses' ``peak_memory_mb`` (tensor bytes allocated during one forward + ba
 ``max_rel_diff``: the largest difference of outputs and gradients, relative to the largest
 magnitude of each.
 """
-import argparse
 import importlib.util
 import os
 from typing import Dict, List
@@ -76,15 +75,8 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
 
 
 def format_table(rows: List[Dict]) -> str:
-    return _bench_losses().format_table(rows, baseline_width=20,
-                                        extra=(("max rel diff", "max_rel_diff", "9.2e"),))
+    return _bench_losses().format_table(rows, extra=(("max rel diff", "max_rel_diff", "9.2e"),))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(format_table(run(args.quick, args.repeats)))
+    _bench_losses().layer_suite_main(__doc__, run, format_table)
