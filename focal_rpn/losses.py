@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .layers.hugepages import empty_hugepage_backed
+
 __all__ = ["sigmoid_focal_loss", "sigmoid_focal_loss_with_labels", "softmax_focal_loss"]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -321,7 +323,7 @@ def _sigmoid_labels_kernel(
     n_valid = R - ign_rows.numel()
     flat_pos = pos_rows * K + labels[pos_rows]
 
-    G = torch.empty((R, K), dtype=cdt, device=device) if need_grad else None
+    G = empty_hugepage_backed((R, K), cdt, device) if need_grad else None  # see hugepages.py
     L = torch.empty((R, K), dtype=cdt, device=device) if reduction == "none" else None
     m_max = min(rows_per_chunk, R) * K
     scr_a = torch.empty(m_max, dtype=cdt, device=device)
@@ -483,7 +485,14 @@ def _softmax_kernel(
     # Unshifted exponentials: one exp pass, no row-max pass. Only rows whose sum is not a
     # normal finite number (a logit above ~88 in float32: overflow; all logits below ~-69:
     # underflow) are redone with their row max subtracted.
-    E = torch.exp(x) if x.dtype == cdt else x.to(cdt).exp_()  # (R, C)
+    if need_grad:  # E becomes the gradient: a fresh buffer, huge-page backed (hugepages.py)
+        E = empty_hugepage_backed((R, C), cdt, device)  # (R, C)
+        if x.dtype == cdt:
+            torch.exp(x, out=E)
+        else:
+            E.copy_(x).exp_()
+    else:
+        E = torch.exp(x) if x.dtype == cdt else x.to(cdt).exp_()
     S = E.sum(1)  # (R,)
     M = None
     if R * C:
@@ -520,21 +529,22 @@ def _softmax_kernel(
     else:
         qg = q.pow(gamma)
     wq = w * qg
-    loss = -wq * logp  # (R,)
     n_valid = valid.sum()
-    if reduction == "sum":
-        loss = loss.sum()
-    elif reduction == "mean":
-        loss = loss.sum() / n_valid.clamp(min=1)
+    if reduction == "none":
+        loss = -wq * logp  # (R,)
+    else:
+        loss = -torch.dot(wq, logp)  # the sum, without an (R,) temporary
+        if reduction == "mean":
+            loss = loss / n_valid.clamp(min=1)
     loss = loss.to(logits.dtype)
     if not need_grad:
         return loss, None
     if gamma == 0:
         f = -w
     else:
-        # log(p_t) / (1 - p_t) -> -1 as p_t -> 1
-        ratio = torch.where(q > 0, logp / torch.where(q > 0, q, torch.ones_like(q)), -1.0)
-        f = -wq * (1.0 - gamma * p * ratio)
+        # log(p_t) / (1 - p_t); where 1 - p_t is 0 its value is moot, as wq is 0 there
+        ratio = logp / q.clamp_min(torch.finfo(cdt).tiny)
+        f = (p * ratio).mul_(-gamma).add_(1.0).mul_(wq).neg_()  # -wq (1 - gamma p ratio)
     coef = -f / S
     val_t = f * q
     ign_rows = torch.nonzero(~valid).view(-1)

@@ -366,6 +366,37 @@ def test_softmax_matches_composition_and_ignores():
     torch.testing.assert_close(m, ref.sum() / valid.sum())
 
 
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_softmax_certain_rows_have_zero_loss_and_finite_zero_gradient(gamma):
+    # p_t rounds to 1 (1 - p_t = 0 in float32): loss and gradient are 0, not NaN; rows with
+    # logits past exp's range take the row-max path and agree with the moderate row.
+    x = torch.tensor([[40.0, 0.0, 0.0], [400.0, 0.0, 0.0], [-300.0, -400.0, -400.0]])
+    labels = torch.tensor([0, 0, 0])
+    xs = _leaf(x)
+    loss = softmax_focal_loss(xs, labels, 0.25, gamma, "none")
+    g = _grad(loss.sum(), xs)
+    assert torch.isfinite(g).all(), g
+    assert (loss == 0).all(), loss
+    assert (g.abs() < 1e-30).all(), g
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_softmax_large_gradient_buffer_matches_composition(gamma):
+    # large enough (> 8 MB) for the huge-page backed gradient buffer
+    x = torch.randn(30_000, 81, generator=torch.Generator().manual_seed(3)) * 3
+    labels = torch.randint(-1, 81, (30_000,), generator=torch.Generator().manual_seed(4))
+    xs, xr = _leaf(x), _leaf(x.double())
+    ours = softmax_focal_loss(xs, labels, 0.25, gamma, "sum")
+    valid = labels >= 0
+    lab = labels.clamp(min=0)
+    logp = F.log_softmax(xr, 1).gather(1, lab[:, None])[:, 0]
+    w = torch.where(lab == 80, 0.75, 0.25) * valid
+    ref = (-w * (1 - logp.exp()) ** gamma * logp).sum()
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=0)
+    g = _grad(ours, xs)
+    torch.testing.assert_close(g.double(), _grad(ref, xr), rtol=1e-4, atol=1e-7)
+
+
 # ------------------------------------------------------------------------------ errors
 def test_bad_reduction_raises():
     x, labels = _data(R=4, K=3)

@@ -1,9 +1,11 @@
 """Layers for CPU speed behind detectron2's and PyTorch's interfaces: a multithreaded
-ROIAlign and Winograd 3x3 convolutions."""
+ROIAlign, Winograd 3x3 convolutions, and huge-page backed buffers for large fresh tensors."""
+from .hugepages import empty_hugepage_backed
 from .roi_align import FastROIAlign, roi_align_cpu, use_fast_roi_align
 from .winograd import WinogradConv2d, use_winograd_convs, winograd_conv3x3, winograd_pays_off
 
 __all__ = [
+    "empty_hugepage_backed",
     "FastROIAlign",
     "roi_align_cpu",
     "use_fast_roi_align",
