@@ -35,6 +35,10 @@ def add_focal_rpn_config(cfg):
     if "WINOGRAD" not in _C.MODEL.FOCAL_RETINANET:
         # The head's 3x3 convs as Winograd F(4x4, 3x3) on CPU where faster (focal_rpn.layers).
         _C.MODEL.FOCAL_RETINANET.WINOGRAD = True
+    if "CHANNELS_LAST" not in _C.MODEL.FOCAL_RETINANET:
+        # Convolutions in channels-last (NHWC) memory format: oneDNN on CPU skips its layout
+        # reorders (the quick recipe's training step: about 10% faster); off by default.
+        _C.MODEL.FOCAL_RETINANET.CHANNELS_LAST = False
     if "OPTIMIZER" not in _C.SOLVER:
         # "SGD" (detectron2's, the default) or "AdamW" (focal_rpn.engine.optim); both use
         # SOLVER.BASE_LR, the weight decay keys, the LR schedule and CLIP_GRADIENTS.

@@ -1,6 +1,7 @@
 """FocalRetinaNet (sigmoid) against detectron2's own RetinaNet, and its resumable normaliser."""
 import copy
 
+import pytest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -90,3 +91,60 @@ def test_loss_normalizer_is_saved_and_restored(tmp_path):
     assert resumed.loss_normalizer.item() == 100.0
     DetectionCheckpointer(resumed).resume_or_load(str(tmp_path / "ckpt.pth"), resume=True)
     assert resumed.loss_normalizer.item() == trained_value
+
+
+# ------------------------------------------------------------------ channels-last memory format
+def _plain_and_channels_last_with_same_weights():
+    plain = tiny_model("retinanet_R50.yaml")
+    fast = tiny_model("retinanet_R50.yaml", ["MODEL.FOCAL_RETINANET.CHANNELS_LAST", True])
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    return plain, fast
+
+
+def test_channels_last_model_keeps_weights_and_features_channels_last():
+    _, fast = _plain_and_channels_last_with_same_weights()
+    conv_weights = [p for p in fast.parameters() if p.dim() == 4]
+    assert conv_weights and all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights
+    )
+    images = fast.preprocess_image(batched_inputs())
+    assert images.tensor.is_contiguous(memory_format=torch.channels_last)
+    features = fast.backbone(images.tensor)
+    for name, f in features.items():
+        assert f.is_contiguous(memory_format=torch.channels_last), name
+
+
+def test_channels_last_gives_the_same_losses_gradients_and_detections():
+    plain, fast = _plain_and_channels_last_with_same_weights()
+    plain.train()
+    fast.train()
+    inputs = batched_inputs(num_boxes=4, seed=3)
+    with EventStorage():
+        plain_losses = plain(copy.deepcopy(inputs))
+        fast_losses = fast(copy.deepcopy(inputs))
+    for key in plain_losses:
+        torch.testing.assert_close(fast_losses[key], plain_losses[key], rtol=1e-5, atol=1e-6)
+    sum(plain_losses.values()).backward()
+    sum(fast_losses.values()).backward()
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    plain.eval()
+    fast.eval()
+    with torch.no_grad():
+        plain.head.cls_score.bias.fill_(0.5)
+        fast.head.cls_score.bias.fill_(0.5)
+        expected = plain(inputs)
+        actual = fast(inputs)
+    # NHWC convolutions sum in another order: float32 rounding, not a different model
+    for e, a in zip(expected, actual):
+        e, a = e["instances"], a["instances"]
+        assert len(a) == len(e) > 0
+        torch.testing.assert_close(a.pred_boxes.tensor, e.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(a.scores, e.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_channels_last_value_names_the_key():
+    cfg = tiny_cfg("retinanet_R50.yaml")
+    cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST = 1
+    with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.CHANNELS_LAST"):
+        build_model(cfg)
