@@ -17,12 +17,16 @@ shared machine hits both; each row reports the median over the repeats, and the 
 median(ours) / median(baseline).
 
 Peak memory: each (case, model) runs again in a fresh subprocess (``python bench_models.py
---worker CASE VARIANT``) that builds the model, runs one warm-up and two measured steps, and
-reports its peak over the measured steps: on CPU the process's peak resident set size
-(``VmHWM``, reset after the warm-up step: interpreter, libraries, both models' weights,
-optimizer state and the step's activations, all together; the imports and the weights are the
-same for both workers, so the difference is the step's), on CUDA
-``torch.cuda.max_memory_allocated``.
+--worker CASE VARIANT``) that builds the model and runs one warm-up step, then
+* ``*_peak_mb`` (the table's column): the peak of the tensor bytes allocated during one step,
+  as in the other suites (bench_losses' ``peak_memory_mb``: on CPU ``torch.profiler``'s memory
+  records, on CUDA ``torch.cuda.max_memory_allocated``). Deterministic: the step's
+  activations, gradients and temporaries, not the weights or optimizer state held before it;
+  memory a library allocates outside PyTorch (oneDNN's scratch buffers) is not counted.
+* ``*_rss_mb`` (JSON only): the process's peak resident set size over two more steps
+  (``VmHWM``, reset after the warm-up: interpreter, libraries, both models' weights, optimizer
+  state and the steps' memory, all together, allocator slack included). What the system sees,
+  but it moves by +-10 MB between identical workers.
 
 Run ``python benchmarks/bench_models.py [--scale S] [--repeats R]`` for this file's rows alone.
 """
@@ -255,7 +259,11 @@ def time_alternating(step_ours, step_base, repeats, warmup=2, device="cpu"):
 
 
 def _measure_peak(case, variant, scale, device):
-    """Runs in the worker subprocess: peak memory (MiB) over two steps after a warm-up one."""
+    """Runs in the worker subprocess: {"peak_mb": tensor bytes at the peak of one step,
+    "rss_mb": the process's peak resident set over two more steps}, in MiB, after a warm-up
+    step (see the module docstring)."""
+    import bench_losses  # a sibling: benchmarks/ is on sys.path when a script here runs
+
     from focal_rpn.engine.hooks import peak_memory_mb, reset_peak_memory
 
     mode = _cases()[case][2]
@@ -263,6 +271,7 @@ def _measure_peak(case, variant, scale, device):
     inputs = make_inputs(batch_size(case, scale), image_size(scale), mode == "train", 0, device)
     step = Step(model, mode, inputs)
     step()
+    tensor_peak = bench_losses.peak_memory_mb(step, torch.device(device))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     reset_peak_memory(device)
@@ -270,11 +279,11 @@ def _measure_peak(case, variant, scale, device):
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return peak_memory_mb(device)
+    return {"peak_mb": tensor_peak, "rss_mb": peak_memory_mb(device)}
 
 
-def peak_memory_mb(case, variant, scale=1.0, device="cpu", threads=None):
-    """Peak memory of ``case``/``variant`` measured in a fresh subprocess; NaN if it failed."""
+def measure_peaks(case, variant, scale=1.0, device="cpu", threads=None):
+    """:func:`_measure_peak` of ``case``/``variant`` in a fresh subprocess; NaNs if it failed."""
     cmd = [
         sys.executable, os.path.abspath(__file__), "--worker", case, variant,
         "--scale", str(scale), "--device", device,
@@ -284,13 +293,14 @@ def peak_memory_mb(case, variant, scale=1.0, device="cpu", threads=None):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
-            return json.loads(line)["peak_mb"]
+            return json.loads(line)
     sys.stderr.write(f"[bench_models] memory worker {case}/{variant} failed:\n{proc.stderr}\n")
-    return float("nan")
+    return {"peak_mb": float("nan"), "rss_mb": float("nan")}
 
 
 def run(scale=1.0, repeats=5, cases=None, device=None, memory=True):
-    """Rows {case, ours_ms, baseline, baseline_ms, ratio, ours_peak_mb, baseline_peak_mb}."""
+    """Rows {case, ours_ms, baseline, baseline_ms, ratio, ours_peak_mb, baseline_peak_mb,
+    ours_rss_mb, baseline_rss_mb} (the memory keys NaN without ``memory``)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for case in cases or CASES:
@@ -313,8 +323,10 @@ def run(scale=1.0, repeats=5, cases=None, device=None, memory=True):
         }
         if memory:
             threads = torch.get_num_threads()
-            row["ours_peak_mb"] = peak_memory_mb(case, "ours", scale, device, threads)
-            row["baseline_peak_mb"] = peak_memory_mb(case, "baseline", scale, device, threads)
+            for variant in ("ours", "baseline"):
+                peaks = measure_peaks(case, variant, scale, device, threads)
+                row[f"{variant}_peak_mb"] = peaks["peak_mb"]
+                row[f"{variant}_rss_mb"] = peaks["rss_mb"]
         rows.append(row)
     return rows
 
@@ -333,8 +345,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.worker:
         case, variant = args.worker
-        peak = _measure_peak(case, variant, args.scale, args.device or "cpu")
-        print(json.dumps({"peak_mb": peak}))
+        print(json.dumps(_measure_peak(case, variant, args.scale, args.device or "cpu")))
         return
     for row in run(args.scale, args.repeats, args.cases, args.device, not args.no_memory):
         print(json.dumps(row))

@@ -21,27 +21,17 @@ features, boxes and ``grad`` are built outside the timed region. Peak memory: be
 ``peak_memory_mb`` (tensor bytes allocated during one forward + backward, on CPU from
 ``torch.profiler``'s memory records).
 """
-import importlib.util
-import os
 from typing import Dict, List
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import bench_losses  # a sibling: benchmarks/ is on sys.path when a script here runs
+
 IMAGE_SIZE = 256
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)  # P2-P5
 CASES = ((8, 256, 4096), (8, 128, 1024))  # (images, channels, rois)
 QUICK_CASES = ((2, 8, 64),)
 QUICK_IMAGE_SIZE = 64
-
-
-def _bench_losses():
-    """bench_losses.py as a module (its timing, peak memory and table code are shared)."""
-    spec = importlib.util.spec_from_file_location("bench_losses",
-                                                  os.path.join(HERE, "bench_losses.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def random_boxes(num: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -60,7 +50,6 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
 
     from focal_rpn.layers import use_fast_roi_align
 
-    shared = _bench_losses()
     cpu = torch.device("cpu")
     size = QUICK_IMAGE_SIZE if quick else IMAGE_SIZE
     rows = []
@@ -87,7 +76,7 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
         (out_o, grads_o), (out_b, grads_b) = ours(), base()
         diff = max([(out_o - out_b).abs().max().item()]
                    + [(a - b).abs().max().item() for a, b in zip(grads_o, grads_b)])
-        rows.append(shared.pair_row(
+        rows.append(bench_losses.pair_row(
             f"roi_align fwd+bwd {num_rois} rois C={channels}", ours,
             "detectron2 ROIAlign (torchvision)", base, repeats, cpu, memory, max_abs_diff=diff,
         ))
@@ -95,8 +84,8 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
 
 
 def format_table(rows: List[Dict]) -> str:
-    return _bench_losses().format_table(rows, extra=(("max diff", "max_abs_diff", "9.2e"),))
+    return bench_losses.format_table(rows, extra=(("max diff", "max_abs_diff", "9.2e"),))
 
 
 if __name__ == "__main__":
-    _bench_losses().layer_suite_main(__doc__, run, format_table)
+    bench_losses.layer_suite_main(__doc__, run, format_table)

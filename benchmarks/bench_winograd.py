@@ -19,25 +19,15 @@ bench_losses' ``peak_memory_mb`` (tensor bytes allocated during one forward + ba
 ``max_rel_diff``: the largest difference of outputs and gradients, relative to the largest
 magnitude of each.
 """
-import importlib.util
-import os
 from typing import Dict, List
 
 import torch
+
+import bench_losses  # a sibling: benchmarks/ is on sys.path when a script here runs
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = ((4, 256, 256, 32, 32), (4, 256, 720, 32, 32), (2, 256, 256, 100, 136))  # N C K H W
 QUICK_CASES = ((1, 256, 128, 12, 12),)
-
-
-def _bench_losses():
-    """bench_losses.py as a module (its timing, peak memory and table code are shared)."""
-    spec = importlib.util.spec_from_file_location("bench_losses",
-                                                  os.path.join(HERE, "bench_losses.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict]:
@@ -45,7 +35,6 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
     baseline_peak_mb, max_rel_diff} for 3x3 conv forward + backward."""
     from focal_rpn.layers import winograd_conv3x3
 
-    shared = _bench_losses()
     cpu = torch.device("cpu")
     rows = []
     for n, c, k, h, w in QUICK_CASES if quick else CASES:
@@ -67,7 +56,7 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
         base = step(lambda x_, w_, b_: F.conv2d(x_, w_, b_, padding=1))
         diff = max(((a - b).abs().max() / b.abs().max()).item()
                    for a, b in zip(ours(), base()))
-        rows.append(shared.pair_row(
+        rows.append(bench_losses.pair_row(
             f"winograd conv fwd+bwd {c}->{k} {n}x{h}x{w}", ours, "F.conv2d (oneDNN)", base,
             repeats, cpu, memory, max_rel_diff=diff,
         ))
@@ -75,8 +64,8 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
 
 
 def format_table(rows: List[Dict]) -> str:
-    return _bench_losses().format_table(rows, extra=(("max rel diff", "max_rel_diff", "9.2e"),))
+    return bench_losses.format_table(rows, extra=(("max rel diff", "max_rel_diff", "9.2e"),))
 
 
 if __name__ == "__main__":
-    _bench_losses().layer_suite_main(__doc__, run, format_table)
+    bench_losses.layer_suite_main(__doc__, run, format_table)

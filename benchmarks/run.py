@@ -19,7 +19,7 @@ ratio survives a noisy machine. The rows come from:
 Each module also runs alone (see its docstring for how it times and measures memory).
 """
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -30,7 +30,6 @@ from typing import Dict, List
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SUITES = ("losses", "models", "evaluator", "roi_align", "winograd")
 
 #: (case prefix, baseline) -> the largest ours / baseline ratio the project promises.
@@ -48,10 +47,8 @@ TARGETS = {
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A suite's module: its script's folder, benchmarks/, is on sys.path as this one's is."""
+    return importlib.import_module(name)
 
 
 def target_of(row: Dict):

@@ -76,6 +76,25 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(winograd_conv3x3, inputs)
 
 
+def test_training_path_keeps_only_input_and_weight_for_backward():
+    # the transformed input and filters (2.25 x and 4 x their size) are recomputed in the
+    # backward, not saved: a training step must not hold them for every conv
+    x = _random((2, 8, 12, 12), 0).requires_grad_()
+    weight = _random((8, 8, 3, 3), 1).requires_grad_()
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = winograd_conv3x3(x, weight)
+    saved_bytes = sum(t.numel() * t.element_size() for t in saved)
+    assert saved_bytes <= x.numel() * x.element_size() + weight.numel() * weight.element_size()
+    y.backward(torch.ones_like(y))  # and the backward still works from them
+    assert x.grad is not None and weight.grad is not None
+
+
 def test_float32_error_is_small_at_retinanet_scale():
     """256 -> 256 channels on a 2 x 20 x 20 map (summing 2304 products per output): the
     float32 result is within 2e-5 of the float64 convolution, relative to the output's scale."""

@@ -17,7 +17,8 @@ maps (Kronecker products of B^T, G, A^T) applied as one matrix product each:
     y            = (A^T kron A^T) @ M  -> (N, K, H, W)
 
 The multiply count of the batched product is 36 / (16 * 9) = 1/4 of a direct convolution, and
-autograd's backward of the same composition is again matrix products of the same sizes. On
+the backward is again matrix products of the same sizes plus the adjoints of the transforms;
+it keeps only the input and the weight from the forward (:class:`_WinogradConv3x3Fn`). On
 this project's 2-core CPU, forward + backward of a 256-channel 3x3 conv on 4 x 32 x 32 maps
 (RetinaNet's P3 at 256 px) takes half of ``F.conv2d``'s time (``benchmarks/bench_winograd.py``).
 It pays off only for wide convolutions on large enough maps: for narrow ones or tiny maps the
@@ -36,6 +37,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["winograd_conv3x3", "winograd_pays_off", "WinogradConv2d", "use_winograd_convs"]
 
@@ -109,7 +111,7 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
         t is not None and t.requires_grad for t in (x, weight, bias)
     )
     if needs_grad:
-        y = _output_transform(_input_transform(x) @ _transform_weight(weight), n, h, w)
+        y = _WinogradConv3x3Fn.apply(x, weight)
         return y if bias is None else y + bias.view(1, -1, 1, 1)
     # Inference: chunks of images and of output channels, so that the transformed input
     # (36 / 16 of the input's size), the transformed filters (36 / 9 of the weight's size) and
@@ -149,14 +151,19 @@ def _input_transform(x: Tensor) -> Tensor:
     """x (N, C, H, W) -> V (36, T, C), its 6x6 tiles (stride 4) in the Winograd domain.
 
     The tiles cover the map zero-padded by 1 (the convolution's padding) plus up to 3 more rows
-    / columns at the bottom / right; :func:`_output_transform` crops their outputs.
+    / columns at the bottom / right; :func:`_output_transform` crops their outputs. The tiles
+    are a strided view of the padded map, gathered by one copy into (36, N, tiles, C) order.
     """
     n, c, h, w = x.shape
     tiles_h, tiles_w = -(-h // TILE), -(-w // TILE)
     b_t, _, _ = _transforms(x.device, x.dtype)
     padded = F.pad(x, (1, 1 + tiles_w * TILE - w, 1, 1 + tiles_h * TILE - h))
-    windows = F.unfold(padded, WINDOW, stride=TILE)  # (N, C * 36, tiles)
-    windows = windows.view(n, c, WINDOW * WINDOW, -1).permute(2, 0, 3, 1)  # (36, N, tiles, C)
+    s_n, s_c, s_h, s_w = padded.stride()
+    windows = padded.as_strided(
+        (WINDOW, WINDOW, n, tiles_h, tiles_w, c),
+        (s_h, s_w, s_n, TILE * s_h, TILE * s_w, s_c),
+        padded.storage_offset(),
+    )
     return (b_t @ windows.reshape(WINDOW * WINDOW, -1)).view(WINDOW * WINDOW, -1, c)
 
 
@@ -170,6 +177,79 @@ def _output_transform(m: Tensor, n: int, h: int, w: int) -> Tensor:
     if tiles_h * TILE != h or tiles_w * TILE != w:
         y = y[:, :, :h, :w]
     return y
+
+
+def _output_transform_adjoint(grad_y: Tensor, h: int, w: int) -> Tensor:
+    """The adjoint of :func:`_output_transform`: grad_y (N, K, H, W) -> grad_M (36, T, K)."""
+    n, k = grad_y.shape[:2]
+    tiles_h, tiles_w = -(-h // TILE), -(-w // TILE)
+    _, _, a_t = _transforms(grad_y.device, grad_y.dtype)
+    g = F.pad(grad_y, (0, tiles_w * TILE - w, 0, tiles_h * TILE - h))  # the cropped part: 0
+    g = g.reshape(n, k, tiles_h, TILE, tiles_w, TILE).permute(3, 5, 0, 2, 4, 1)
+    return (a_t.t() @ g.reshape(TILE * TILE, -1)).view(WINDOW * WINDOW, -1, k)
+
+
+def _input_transform_adjoint(grad_v: Tensor, n: int, h: int, w: int) -> Tensor:
+    """The adjoint of :func:`_input_transform`: grad_V (36, T, C) -> grad_x (N, C, H, W).
+
+    Tiles overlap by 2 rows / columns: the first 4 x 4 of every tile's gradient tile the padded
+    map exactly, and its last 2 rows / columns add onto the next tile's first 2.
+    """
+    c = grad_v.shape[2]
+    tiles_h, tiles_w = -(-h // TILE), -(-w // TILE)
+    b_t, _, _ = _transforms(grad_v.device, grad_v.dtype)
+    windows = (b_t.t() @ grad_v.reshape(WINDOW * WINDOW, -1)).view(
+        WINDOW, WINDOW, n, tiles_h, tiles_w, c
+    )
+    windows = windows.permute(2, 5, 3, 0, 4, 1)  # (N, C, tiles_h, 6, tiles_w, 6)
+    grid = grad_v.new_zeros(n, c, tiles_h + 1, TILE, tiles_w + 1, TILE)
+    rest = WINDOW - TILE
+    grid[:, :, :-1, :, :-1, :] += windows[:, :, :, :TILE, :, :TILE]
+    grid[:, :, 1:, :rest, :-1, :] += windows[:, :, :, TILE:, :, :TILE]
+    grid[:, :, :-1, :, 1:, :rest] += windows[:, :, :, :TILE, :, TILE:]
+    grid[:, :, 1:, :rest, 1:, :rest] += windows[:, :, :, TILE:, :, TILE:]
+    padded = grid.view(n, c, (tiles_h + 1) * TILE, (tiles_w + 1) * TILE)
+    return padded[:, :, 1 : h + 1, 1 : w + 1]
+
+
+def _transform_weight_adjoint(grad_u: Tensor) -> Tensor:
+    """The adjoint of :func:`_transform_weight`: grad_U (36, C, K) -> grad_weight (K, C, 3, 3)."""
+    c, k = grad_u.shape[1:]
+    _, g, _ = _transforms(grad_u.device, grad_u.dtype)
+    grad = g.t() @ grad_u.transpose(1, 2).reshape(WINDOW * WINDOW, k * c)  # (9, K * C)
+    return grad.t().reshape(k, c, 3, 3)
+
+
+class _WinogradConv3x3Fn(torch.autograd.Function):
+    """y = conv3x3(x, weight) through the transforms, saving only x and weight.
+
+    Autograd through the composition would keep, for every call, the transformed input V
+    (2.25 x the input), the transformed filters U (4 x the weight) and the unfolded windows:
+    about 290 MB more than plain convolutions in a RetinaNet training step at 256 px. Here the
+    backward recomputes V and U (the transforms cost a few percent of the products) and runs
+    the adjoint of each transform.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        n, _, h, w = x.shape
+        return _output_transform(torch.bmm(_input_transform(x), _transform_weight(weight)), n, h, w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        x, weight = ctx.saved_tensors
+        n, _, h, w = x.shape
+        grad_m = _output_transform_adjoint(grad_y, h, w)  # (36, T, K)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_v = torch.bmm(grad_m, _transform_weight(weight).transpose(1, 2))  # (36, T, C)
+            grad_x = _input_transform_adjoint(grad_v, n, h, w)
+        if ctx.needs_input_grad[1]:
+            grad_u = torch.bmm(_input_transform(x).transpose(1, 2), grad_m)  # (36, C, K)
+            grad_weight = _transform_weight_adjoint(grad_u)
+        return grad_x, grad_weight
 
 
 # Where Winograd pays off, measured on this project's 2-core CPU (time of winograd_conv3x3 /
