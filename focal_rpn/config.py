@@ -6,8 +6,8 @@ ACTIVATIONS = ("sigmoid", "softmax")
 
 
 def add_focal_rpn_config(cfg):
-    """Add the MODEL.FOCAL_RPN and MODEL.FOCAL_RETINANET nodes and SOLVER.OPTIMIZER / BETAS to
-    ``cfg`` (in place).
+    """Add the MODEL.FOCAL_RPN and MODEL.FOCAL_RETINANET nodes and SOLVER.OPTIMIZER / BETAS /
+    TIME_BUDGET_MINUTES to ``cfg`` (in place).
 
     Only new nodes are added; detectron2's defaults are never changed. Calling it twice is
     harmless (existing values are kept).
@@ -45,6 +45,12 @@ def add_focal_rpn_config(cfg):
         _C.SOLVER.OPTIMIZER = "SGD"
     if "BETAS" not in _C.SOLVER:
         _C.SOLVER.BETAS = (0.9, 0.999)  # AdamW only
+    if "TIME_BUDGET_MINUTES" not in _C.SOLVER:
+        # > 0: train for at most this many minutes; MAX_ITER becomes an upper bound and the
+        # schedule (STEPS, warm-up) shrinks to the same fractions of the iterations that fit
+        # (focal_rpn.engine.budget). None or 0: no budget, detectron2's iteration schedule.
+        # (None, not 0.0, so that yacs takes an int as well as a float: 12 or 12.5.)
+        _C.SOLVER.TIME_BUDGET_MINUTES = None
     return cfg
 
 

@@ -68,6 +68,7 @@ Config errors (``merge_config_file``, ``merge_config_opts``)
     A missing config file, an unknown key (with the closest known keys), a value of the wrong
     type or a YAML syntax error become ``ConfigError`` naming the file or option.
 """
+import ast
 import contextlib
 import difflib
 import glob
@@ -190,13 +191,31 @@ def merge_config_file(cfg, config_file: str) -> None:
         raise ConfigError(f"config file {config_file!r}: {e}") from None
 
 
+def _int_as_float(cfg, key, value):
+    """``value`` written as a float where ``key`` holds a float and ``value`` is an int literal
+    ("SOLVER.TIME_BUDGET_MINUTES 5" over 12.5): yacs would refuse it as a type mismatch."""
+    node = cfg
+    for part in str(key).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return value
+        node = node[part]
+    if not isinstance(node, float) or not isinstance(value, str):
+        return value
+    try:
+        literal = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+    return repr(float(literal)) if type(literal) is int else value
+
+
 def merge_config_opts(cfg, opts: List[str]) -> None:
     """``cfg.merge_from_list(opts)`` (command-line ``KEY VALUE`` pairs); problems become a
-    ``ConfigError`` naming the option."""
+    ``ConfigError`` naming the option. An int given for a float key is taken as that float."""
     opts = list(opts)
     if len(opts) % 2:
         raise ConfigError(f"config options must be KEY VALUE pairs; got an odd number "
                           f"({len(opts)}): {opts}")
+    opts = [v if i % 2 == 0 else _int_as_float(cfg, opts[i - 1], v) for i, v in enumerate(opts)]
     try:
         cfg.merge_from_list(opts)
     except KeyError as e:

@@ -18,12 +18,15 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import print_csv_format, verify_results
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
 
 import focal_rpn  # noqa: F401  (registers FocalRetinaNet and FocalRPN)
 
 from ..evaluation import build_coco_evaluator, evaluate_proposals, has_proposal_generator
 from ..layers import use_fast_roi_align
+from .budget import TimeBudget, check_time_budget, scheduler_with_max_iter
 from .hooks import PredictionVisualizer, RunStats
 from .optim import build_optimizer, check_optimizer_config
 from .reliability import (
@@ -81,6 +84,7 @@ def build_config(args):
     merge_config_opts(cfg, list(args.opts or []))
     try:
         check_optimizer_config(cfg)
+        check_time_budget(cfg.SOLVER.TIME_BUDGET_MINUTES)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return cfg
@@ -98,6 +102,9 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    # focal_rpn's own messages (time budget, dataset generation, ...) beside detectron2's
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_rpn",
+                 abbrev_name="focal_rpn")
     if device_note:
         logging.getLogger("detectron2").warning(device_note)
     return cfg
@@ -170,10 +177,49 @@ class Trainer(DefaultTrainer):
     num_prediction_images = 4
     #: iterations between writes of metrics.json / TensorBoard / console (detectron2: 20)
     writer_period = 20
+    #: keyword arguments of the SOLVER.TIME_BUDGET_MINUTES hook (focal_rpn.engine.budget)
+    time_budget_options = {}
 
     def __init__(self, cfg):
+        budget_s = check_time_budget(cfg.SOLVER.TIME_BUDGET_MINUTES)
+        #: the SOLVER.TIME_BUDGET_MINUTES hook (focal_rpn.engine.budget), None without a budget
+        self.time_budget = (TimeBudget(budget_s, **self.time_budget_options)
+                            if budget_s is not None else None)
         with _cpu_ddp():
             super().__init__(cfg)
+        if self.time_budget is not None:
+            scheduler_with_max_iter(self.scheduler)
+
+    def train(self):
+        """DefaultTrainer.train; with a time budget the loop's end can move (see
+        ``focal_rpn.engine.budget``), which detectron2's fixed ``range`` loop does not allow."""
+        if self.time_budget is None:
+            return super().train()
+        self._train_until_max_iter(self.start_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            verify_results(self.cfg, self._last_eval_results)
+        return getattr(self, "_last_eval_results", None)
+
+    def _train_until_max_iter(self, start_iter):
+        """The training loop of detectron2's TrainerBase.train with ``self.max_iter`` read at
+        every iteration: the same hooks in the same order, ``self.iter == self.max_iter`` after
+        a finished run (hooks use it to tell a finished run from a failed one)."""
+        logger.info("Starting training from iteration %d (time budget %.1f min)", start_iter,
+                    self.time_budget.budget_s / 60)
+        self.iter = self.start_iter = start_iter
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                while self.iter < self.max_iter:
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    self.iter += 1
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -224,6 +270,8 @@ class Trainer(DefaultTrainer):
         ret = super().state_dict()
         ret.setdefault("_trainer", self._trainer.state_dict())
         ret["data_seed"] = int(self.data_seed)
+        if self.time_budget is not None:
+            ret["time_budget"] = self.time_budget.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
@@ -232,6 +280,8 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
         if "data_seed" in state_dict:
             self._data_seed = int(state_dict["data_seed"])
+        if self.time_budget is not None and "time_budget" in state_dict:
+            self.time_budget.load_state_dict(state_dict["time_budget"])
 
     def resume_or_load(self, resume=True):
         """detectron2's resume_or_load, then the data stream restarts where the checkpoint
@@ -296,6 +346,10 @@ class Trainer(DefaultTrainer):
                      if isinstance(h, (hooks.PeriodicCheckpointer, hooks.LRScheduler, hooks.PreciseBN))),
                     default=1)
         ret.insert(after, GracefulInterrupt(self.checkpointer))
+        if self.time_budget is not None:
+            # before the LR scheduler and every hook that acts on the last iteration
+            first = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler))
+            ret.insert(first, self.time_budget)
         extra = [RunStats(self.cfg.OUTPUT_DIR, self.cfg.MODEL.DEVICE)]
         if comm.is_main_process() and self.cfg.DATASETS.TEST:
             extra.append(PredictionVisualizer(
