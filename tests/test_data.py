@@ -102,9 +102,35 @@ def test_generated_dataset_meets_the_spec(tmp_path):
         assert 8 <= max(w, h) <= size // 2
     assert min(longest) < 16 and max(longest) > size // 4  # the range is used
 
+    def overlap(a, b):
+        return (min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0])
+                and min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1]))
+
+    overlapping = 0  # images with at least two overlapping objects
+    for image_id in coco.getImgIds():
+        boxes = [a["bbox"] for a in coco.imgToAnns[image_id]]
+        overlapping += any(overlap(a, b) for i, a in enumerate(boxes) for b in boxes[:i])
+    assert overlapping >= 4
+
     for img in coco.dataset["images"]:
         assert os.path.isfile(os.path.join(image_root, img["file_name"]))
         assert (img["width"], img["height"]) == (size, size)
+
+
+def test_shapes_stand_upright():
+    """Upright shapes: a square fills its box, a triangle is narrow at the top; in rendered
+    images the squares that nothing hides fill their boxes (a tilted square never does)."""
+    assert shapes.shape_mask("square", 20, 0.0).all()
+    triangle = shapes.shape_mask("triangle", 20, 0.0)
+    assert triangle[0].sum() < triangle[-1].sum()
+    rotated = shapes.shape_mask("square", 20, np.pi / 4)
+    assert not rotated.all()  # the angle is honoured: a diamond does not fill its box
+    rng = np.random.default_rng(5)
+    square = shapes.SHAPE_CLASSES.index("square")
+    filled = [o.area == o.bbox[2] * o.bbox[3]
+              for _ in range(30) for o in shapes.render_image(rng, 96)[1]
+              if o.category_index == square]
+    assert sum(filled) >= len(filled) / 2
 
 
 def test_render_boxes_are_tight_around_visible_pixels():

@@ -6,7 +6,10 @@ random comes from the ``numpy.random.Generator`` passed in, so a seed gives the 
 Design choices (what a detector can and cannot learn from these images):
 
 * Class is decided by the *shape* only: every object gets a random colour (chosen to contrast
-  with what is under it) and a random rotation, so colour and orientation are no cue.
+  with what is under it), so colour is no cue. Shapes stand upright, tilted by at most
+  ``MAX_TILT_DEGREES``, as most things in photographs do. (Generator version 1 rotated them
+  freely: the quick recipe then reached box AP 21.5 in 900 iterations, with most of the loss in
+  telling rotated shapes apart; see README.)
 * Object size (the longer side of its unoccluded tight box) is log-uniform in
   ``[MIN_OBJECT_SIZE, image_size // 2]``.
 * Objects may overlap. A later object is only placed where every earlier object keeps at least
@@ -31,6 +34,8 @@ MAX_OBJECTS = 8
 MIN_OBJECT_SIZE = 8
 #: Every object keeps at least this fraction of its pixels visible.
 MIN_VISIBLE_FRACTION = 0.5
+#: Largest tilt of a shape from upright, either way, in degrees.
+MAX_TILT_DEGREES = 0.0
 #: Placement attempts per object before it is skipped (the first object never is).
 MAX_PLACEMENT_TRIES = 20
 
@@ -53,11 +58,12 @@ def _unit_polygon(shape: str) -> np.ndarray:
     """Vertices (P, 2) of a polygonal shape inside the unit circle, before rotation."""
     if shape == "square":
         return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64)
+    # image coordinates: y points down, so -90 degrees is "up"
     if shape == "triangle":
-        t = np.deg2rad([90.0, 210.0, 330.0])
+        t = np.deg2rad([-90.0, 30.0, 150.0])
         return np.stack([np.cos(t), np.sin(t)], axis=1)
     if shape == "star":
-        t = np.deg2rad(90.0 + 36.0 * np.arange(10))
+        t = np.deg2rad(-90.0 + 36.0 * np.arange(10))
         r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
         return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
     if shape == "cross":
@@ -216,7 +222,8 @@ def render_image(rng: np.random.Generator, image_size: int) -> Tuple[np.ndarray,
     for _ in range(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1)):
         category = int(rng.integers(len(SHAPE_CLASSES)))
         size = int(round(np.exp(rng.uniform(np.log(MIN_OBJECT_SIZE), np.log(max_size)))))
-        mask = shape_mask(SHAPE_CLASSES[category], size, rng.uniform(0, 2 * np.pi))
+        tilt = np.deg2rad(MAX_TILT_DEGREES) * rng.uniform(-1.0, 1.0)
+        mask = shape_mask(SHAPE_CLASSES[category], size, tilt)
         h, w = mask.shape
         for _ in range(MAX_PLACEMENT_TRIES):
             x0 = int(rng.integers(0, image_size - w + 1))

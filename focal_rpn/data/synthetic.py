@@ -9,7 +9,7 @@ download::
 
 On disk (``root`` is ``$FOCAL_RPN_DATA``, else ``~/.cache/focal_rpn/datasets``)::
 
-    root/synth-v1-256px-train1000-val200-seed0-jpg/   # the name encodes every parameter
+    root/synth-v2-256px-train1000-val200-seed0-jpg/   # the name encodes every parameter
         annotations/instances_train.json              # COCO: images, annotations, categories
         annotations/instances_val.json
         train/000001.jpg ...
@@ -39,7 +39,7 @@ from .shapes import SHAPE_CLASSES, render_image
 logger = logging.getLogger(__name__)
 
 #: Bump when the images or annotations produced for given parameters change.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Default dataset name prefix: datasets ``focal_synth_train`` and ``focal_synth_val``.
 DEFAULT_NAME = "focal_synth"
 SPLITS = ("train", "val")
