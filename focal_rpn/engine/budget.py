@@ -131,16 +131,14 @@ class TimeBudget(HookBase):
         changed = proposal != self.trainer.max_iter
         if changed or first:
             self._set_max_iter(proposal)
-        # the first plan, the final one (estimates stop) and a stop forced by the budget are
-        # logged; the small corrections in between only at debug level
+        # logged: the first plan, the final one (estimates stop) and a stop forced by the
+        # budget; not the small corrections in between (detectron2's console shows DEBUG)
         if first:
             self._log("training ends at", elapsed)
         elif changed and spent:
             self._log("budget spent: training ends at", elapsed)
         elif self._frozen and not was_frozen:
             self._log("final length", elapsed)
-        elif changed:
-            self._log("new end at", elapsed, level=logging.DEBUG)
         self.planned_max_iter = self.trainer.max_iter
 
     def _set_max_iter(self, max_iter: int):
@@ -157,14 +155,13 @@ class TimeBudget(HookBase):
                 if isinstance(writer, CommonMetricPrinter):
                     writer._max_iter = max_iter
 
-    def _log(self, what: str, elapsed: float, level=logging.INFO):
+    def _log(self, what: str, elapsed: float):
         cfg = self.trainer.cfg
         scale = self.trainer.max_iter / cfg.SOLVER.MAX_ITER
         steps = tuple(int(round(s * scale)) for s in cfg.SOLVER.STEPS)
         warmup = int(round(cfg.SOLVER.WARMUP_ITERS * scale))
         step_s = getattr(self, "_step_s", float("nan"))
-        logger.log(
-            level,
+        logger.info(
             "Time budget %.1f min: %s %d iterations (%.3f s per iteration, %.0f s spent); "
             "without a budget (up to an iteration of rounding): "
             "SOLVER.MAX_ITER %d SOLVER.STEPS \"%s\" SOLVER.WARMUP_ITERS %d %s 0",
