@@ -87,11 +87,11 @@ class TimeBudget(HookBase):
     # -- state kept in checkpoints (through the Trainer's state_dict)
 
     def state_dict(self):
-        return {"planned_max_iter": self.planned_max_iter, "frozen": self._frozen}
+        return {"planned_max_iter": self.planned_max_iter}
 
     def load_state_dict(self, state):
+        # a resumed plan is kept as it is (before_train freezes it)
         self.planned_max_iter = state.get("planned_max_iter")
-        self._frozen = bool(state.get("frozen", False))
 
     # -- hook
 
@@ -129,7 +129,7 @@ class TimeBudget(HookBase):
             proposal = min(comm.all_gather(proposal))
         first = self.planned_max_iter is None
         changed = proposal != self.trainer.max_iter
-        if changed or first:
+        if changed:
             self._set_max_iter(proposal)
         # logged: the first plan, the final one (estimates stop) and a stop forced by the
         # budget; not the small corrections in between (detectron2's console shows DEBUG)
