@@ -48,6 +48,23 @@ def check_time_budget(value) -> Optional[float]:
     return float(value) * 60.0 if value > 0 else None
 
 
+def scaled_schedule(cfg, max_iter: int) -> dict:
+    """The configured schedule's shape at ``max_iter`` iterations: {"max_iter", "steps",
+    "warmup_iters"}, STEPS and WARMUP_ITERS at the same fractions of the run as in ``cfg``."""
+    scale = max_iter / cfg.SOLVER.MAX_ITER
+    return {
+        "max_iter": int(max_iter),
+        "steps": tuple(int(round(s * scale)) for s in cfg.SOLVER.STEPS),
+        "warmup_iters": int(round(cfg.SOLVER.WARMUP_ITERS * scale)),
+    }
+
+
+def schedule_options(schedule: dict) -> list:
+    """Config options that train ``schedule`` (from :func:`scaled_schedule`) without a budget."""
+    return ["SOLVER.MAX_ITER", str(schedule["max_iter"]), "SOLVER.STEPS", str(tuple(schedule["steps"])),
+            "SOLVER.WARMUP_ITERS", str(schedule["warmup_iters"]), CONFIG_KEY, "0"]
+
+
 def scheduler_with_max_iter(scheduler):
     """``scheduler`` if its length can be changed (detectron2's LRMultiplier), else ValueError."""
     if not hasattr(scheduler, "_max_iter"):
@@ -156,15 +173,13 @@ class TimeBudget(HookBase):
                     writer._max_iter = max_iter
 
     def _log(self, what: str, elapsed: float):
-        cfg = self.trainer.cfg
-        scale = self.trainer.max_iter / cfg.SOLVER.MAX_ITER
-        steps = tuple(int(round(s * scale)) for s in cfg.SOLVER.STEPS)
-        warmup = int(round(cfg.SOLVER.WARMUP_ITERS * scale))
+        schedule = scaled_schedule(self.trainer.cfg, self.trainer.max_iter)
         step_s = getattr(self, "_step_s", float("nan"))
         logger.info(
             "Time budget %.1f min: %s %d iterations (%.3f s per iteration, %.0f s spent); "
             "without a budget (up to an iteration of rounding): "
             "SOLVER.MAX_ITER %d SOLVER.STEPS \"%s\" SOLVER.WARMUP_ITERS %d %s 0",
             self.budget_s / 60, what, self.trainer.max_iter,
-            step_s, elapsed, self.trainer.max_iter, steps, warmup, CONFIG_KEY,
+            step_s, elapsed, self.trainer.max_iter, schedule["steps"], schedule["warmup_iters"],
+            CONFIG_KEY,
         )

@@ -137,6 +137,7 @@ class RunStats(HookBase):
         stats = {
             "iterations": len(self.step_seconds),
             "start_iter": self.trainer.start_iter,
+            "max_iter": self.trainer.max_iter,  # the run's length (a time budget may shorten it)
             "train_seconds": time.perf_counter() - self._train_start,
             "seconds_per_iter": float(np.mean(steps)) if steps else float("nan"),
             "peak_memory_mb": peak_memory_mb(self.device),

@@ -15,7 +15,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
 from detectron2.engine import defaults as d2_defaults
-from detectron2.evaluation import print_csv_format, verify_results
+from detectron2.evaluation import DatasetEvaluators, print_csv_format, verify_results
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
@@ -24,7 +24,12 @@ from detectron2.utils.logger import setup_logger
 
 import focal_rpn  # noqa: F401  (registers FocalRetinaNet and FocalRPN)
 
-from ..evaluation import build_coco_evaluator, evaluate_proposals, has_proposal_generator
+from ..evaluation import (
+    ProposalRecallEvaluator,
+    build_coco_evaluator,
+    evaluate_proposals,
+    has_proposal_generator,
+)
 from ..layers import use_fast_roi_align
 from .budget import TimeBudget, check_time_budget, scheduler_with_max_iter
 from .hooks import PredictionVisualizer, RunStats
@@ -303,7 +308,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """Box AP on every DATASETS.TEST (detectron2's test), then, for models with a proposal
-        generator, its recall with MODEL.RPN.POST_NMS_TOPK_TEST = 1000 (AR@100, AR@1000)."""
+        generator, its recall with MODEL.RPN.POST_NMS_TOPK_TEST = 1000 (detectron2's AR@100,
+        AR@1000, and focal_rpn's recall at 1..1000 proposals, ``proposal_recall/*``)."""
         results = super().test(cfg, model, evaluators)
         if evaluators is not None or not has_proposal_generator(model):
             return results
@@ -323,7 +329,8 @@ class Trainer(DefaultTrainer):
         for name in cfg.DATASETS.TEST:
             loader = build_detection_test_loader(cfg, name)
             out = os.path.join(cfg.OUTPUT_DIR, "inference", name, "proposals")
-            evaluator = build_coco_evaluator(name, output_dir=out)
+            evaluator = DatasetEvaluators(
+                [build_coco_evaluator(name, output_dir=out), ProposalRecallEvaluator(name, out)])
             res = evaluate_proposals(model, loader, evaluator)
             results[name] = res
             if comm.is_main_process() and res:
