@@ -17,9 +17,40 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 
-__all__ = ["build_basic_resnet", "build_basic_resnet_fpn_backbone"]
+__all__ = ["build_basic_resnet", "build_basic_resnet_fpn_backbone", "make_basic_stages"]
 
 BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def make_basic_stages(depth: int, stem_out_channels: int, res2_out_channels: int, norm="BN"):
+    """The four BasicBlock stages of a ResNet-18/34 with widths res2_out_channels x (1, 2, 4, 8).
+
+    The stages argument of detectron2's ``ResNet`` (a list of 4 lists of blocks), for lazy
+    configs (``L(make_basic_stages)(depth=18, ...)``); ``ResNet.make_default_stages`` has the
+    widths 64/64 fixed.
+    """
+    if depth not in BLOCKS_PER_STAGE:
+        raise ValueError(
+            f"depth = {depth!r} is not supported by make_basic_stages; allowed: "
+            f"{sorted(BLOCKS_PER_STAGE)} (BasicBlock ResNets; ResNet.make_default_stages builds "
+            "50/101/152)"
+        )
+    for key, value in (("stem_out_channels", stem_out_channels),
+                       ("res2_out_channels", res2_out_channels)):
+        if int(value) < 1:
+            raise ValueError(f"{key} = {value!r} must be a positive channel count")
+    stages = []
+    in_channels = stem_out_channels
+    for i, num_blocks in enumerate(BLOCKS_PER_STAGE[depth]):
+        out_channels = res2_out_channels * 2**i
+        stages.append(
+            ResNet.make_stage(
+                BasicBlock, num_blocks, in_channels=in_channels, out_channels=out_channels,
+                stride_per_block=[1 if i == 0 else 2] + [1] * (num_blocks - 1), norm=norm,
+            )
+        )
+        in_channels = out_channels
+    return stages
 
 
 def build_basic_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
@@ -35,17 +66,9 @@ def build_basic_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
         if int(node[key]) < 1:
             raise ValueError(f"MODEL.RESNETS.{key}={node[key]} must be a positive channel count")
     stem = BasicStem(input_shape.channels, node.STEM_OUT_CHANNELS, norm=node.NORM)
-    stages = []
-    in_channels = node.STEM_OUT_CHANNELS
-    for i, num_blocks in enumerate(BLOCKS_PER_STAGE[node.DEPTH]):
-        out_channels = node.RES2_OUT_CHANNELS * 2**i
-        stages.append(
-            ResNet.make_stage(
-                BasicBlock, num_blocks, in_channels=in_channels, out_channels=out_channels,
-                stride_per_block=[1 if i == 0 else 2] + [1] * (num_blocks - 1), norm=node.NORM,
-            )
-        )
-        in_channels = out_channels
+    stages = make_basic_stages(
+        node.DEPTH, node.STEM_OUT_CHANNELS, node.RES2_OUT_CHANNELS, norm=node.NORM
+    )
     return ResNet(
         stem, stages, out_features=node.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT
     )

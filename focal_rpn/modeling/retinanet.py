@@ -58,6 +58,25 @@ def init_softmax_class_bias(cls_score: nn.Conv2d, num_classes: int, prior_prob: 
         bias[:, num_classes] = background_bias
 
 
+def check_head_logits(head: nn.Module, num_anchors: int, num_classes: int, activation: str):
+    """Raise ValueError unless the head's class conv predicts K (sigmoid) or K + 1 (softmax)
+    logits for each of the A anchors per position; a head without a ``cls_score`` conv is
+    not checked."""
+    cls_score = getattr(head, "cls_score", None)
+    if not isinstance(cls_score, nn.Conv2d):
+        return
+    num_logits = num_classes + (1 if activation == "softmax" else 0)
+    if cls_score.out_channels != num_anchors * num_logits:
+        softmax = activation == "softmax"
+        raise ValueError(
+            f"activation = {activation!r} with num_classes = {num_classes} needs a head with "
+            f"{num_logits} class logits for each of the {num_anchors} anchors "
+            f"({num_anchors * num_logits} channels); its cls_score has "
+            f"{cls_score.out_channels}. The head's num_classes must be "
+            + ("num_classes + 1 (background last)" if softmax else "num_classes")
+        )
+
+
 @META_ARCH_REGISTRY.register()
 class FocalRetinaNet(RetinaNet):
     """RetinaNet (Lin et al. 2017) trained with focal_rpn's focal losses.
@@ -98,13 +117,18 @@ class FocalRetinaNet(RetinaNet):
                 channels-last memory format.
             kwargs: the arguments of detectron2's ``RetinaNet``.
         """
+        check_activation("activation", activation)
+        check_bool("winograd", winograd)
+        check_bool("channels_last", channels_last)
         super().__init__(**kwargs)
+        check_head_logits(
+            self.head, self.anchor_generator.num_cell_anchors[0], self.num_classes, activation
+        )
         if winograd:
             use_winograd_convs(self.head)
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        check_activation("activation", activation)
         check_alpha("focal_loss_alpha", self.focal_loss_alpha)
         check_gamma("focal_loss_gamma", self.focal_loss_gamma)
         self.activation = activation
