@@ -15,7 +15,9 @@ installs it as ``detectron2`` with two repairs, see ../shared/DETECTRON2_INSTALL
    is gone from torch 2.x: that import is made optional (as newer detectron2 does), so
    ``from detectron2.export import TracingAdapter`` works.
 
-Nothing of detectron2 is stored in this repository: it is downloaded and checked by sha256.
+Nothing of detectron2 is stored in this repository: it is downloaded and checked by sha256, and
+the sdist is kept in ``$FOCAL_RPN_CACHE`` (default ``~/.cache/focal_rpn``), where the tests read
+detectron2's ``tools/lazyconfig_train_net.py`` from it.
 
 Usage: python tools/install_detectron2.py [--force]
 """
@@ -158,6 +160,29 @@ def download_sdist(dest_dir):
     return path
 
 
+def sdist_cache_dir():
+    """``$FOCAL_RPN_CACHE`` if set, else ``~/.cache/focal_rpn``."""
+    return os.path.expanduser(os.environ.get("FOCAL_RPN_CACHE") or "~/.cache/focal_rpn")
+
+
+def cached_sdist():
+    """The path of the sha256-checked sdist in :func:`sdist_cache_dir`, downloaded if missing.
+
+    Kept after the installation, so that tests can read detectron2's own
+    ``tools/lazyconfig_train_net.py`` from it without downloading again.
+    """
+    cache = sdist_cache_dir()
+    path = os.path.join(cache, f"{SDIST_NAME}-{SDIST_VERSION}.tar.gz")
+    if os.path.exists(path):
+        if hashlib.sha256(open(path, "rb").read()).hexdigest() == SDIST_SHA256:
+            return path
+        print(f"[install_detectron2] {path} has a wrong sha256: downloading it again")
+    os.makedirs(cache, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        os.replace(download_sdist(tmp), path)  # complete and checked, or not there
+    return path
+
+
 def write_setup_py(source_dir):
     """A minimal setup.py that installs the Python tree and the model-zoo configs, no C++."""
     setup_py = f"""\
@@ -205,7 +230,7 @@ def install(force=False):
         print(f"[install_detectron2] detectron2 {'.'.join(map(str, version))} is importable: kept")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        sdist = download_sdist(tmp)
+        sdist = cached_sdist()
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp, filter="data")
         source_dir = os.path.join(tmp, f"{SDIST_NAME}-{SDIST_VERSION}")
