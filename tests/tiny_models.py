@@ -24,30 +24,31 @@ MODEL_CONFIGS = [
 ]
 
 
+#: The overrides of tiny_cfg, as KEY VALUE pairs (for command lines too).
+TINY_OPTS = [
+    "MODEL.WEIGHTS", "",
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.DEPTH", 18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+    "MODEL.FPN.OUT_CHANNELS", 32,
+    "MODEL.RETINANET.NUM_CLASSES", NUM_CLASSES,
+    "MODEL.RETINANET.NUM_CONVS", 2,
+    "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
+    "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100,
+    "MODEL.RPN.POST_NMS_TOPK_TEST", 100,
+    "INPUT.MIN_SIZE_TEST", IMAGE_SIZE,
+    "INPUT.MAX_SIZE_TEST", IMAGE_SIZE,
+]
+
+
 def tiny_cfg(config_file, opts=()):
     """The config file with a ResNet-18, few channels, small images, no pretrained weights."""
     cfg = get_cfg()
     focal_rpn.add_focal_rpn_config(cfg)
     cfg.merge_from_file(os.path.join(CONFIG_DIR, config_file))
-    cfg.merge_from_list(
-        [
-            "MODEL.WEIGHTS", "",
-            "MODEL.DEVICE", "cpu",
-            "MODEL.RESNETS.DEPTH", 18,
-            "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-            "MODEL.FPN.OUT_CHANNELS", 32,
-            "MODEL.RETINANET.NUM_CLASSES", NUM_CLASSES,
-            "MODEL.RETINANET.NUM_CONVS", 2,
-            "MODEL.ROI_HEADS.NUM_CLASSES", NUM_CLASSES,
-            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32,
-            "MODEL.ROI_BOX_HEAD.FC_DIM", 64,
-            "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100,
-            "MODEL.RPN.POST_NMS_TOPK_TEST", 100,
-            "INPUT.MIN_SIZE_TEST", IMAGE_SIZE,
-            "INPUT.MAX_SIZE_TEST", IMAGE_SIZE,
-        ]
-        + list(opts)
-    )
+    cfg.merge_from_list(TINY_OPTS + list(opts))
     return cfg
 
 
