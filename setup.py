@@ -21,5 +21,9 @@ setup(
     packages=find_packages(include=["focal_rpn", "focal_rpn.*"]),
     python_requires=">=3.8",
     install_requires=["torch>=1.10", "torchvision", "fvcore", "pycocotools", "numpy", "matplotlib"],
-    extras_require={"fast-eval": ["faster-coco-eval>=1.6"], "test": ["pytest>=7"]},
+    extras_require={
+        "fast-eval": ["faster-coco-eval>=1.6"],
+        "export": ["onnx", "onnxruntime"],
+        "test": ["pytest>=7", "onnx", "onnxruntime"],
+    },
 )
