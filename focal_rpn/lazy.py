@@ -13,7 +13,7 @@
   fvcore scheduler ``lazyconfig_train_net.py`` takes.
 """
 import os
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
@@ -62,15 +62,18 @@ def dataset_names(specs: Union[str, Sequence[str]]) -> Union[str, List[str]]:
 
 
 def clipped_optimizer(
-    optimizer: str, params, *, clip_type: str = "norm", clip_value: float = 5.0,
+    optimizer: str, params, *, clip_type: Optional[str] = "norm", clip_value: float = 5.0,
     norm_type: float = 2.0, **kwargs,
 ):
     """``optimizer`` (a dotted name, e.g. ``"torch.optim.AdamW"``) over ``params`` with
-    detectron2's gradient clipping (its ``SOLVER.CLIP_GRADIENTS`` with the same keys);
-    ``kwargs`` go to the optimizer (lr, weight_decay, betas, momentum, ...)."""
+    detectron2's gradient clipping (its ``SOLVER.CLIP_GRADIENTS`` with the same keys;
+    ``clip_type=None``: no clipping); ``kwargs`` go to the optimizer (lr, weight_decay, betas,
+    momentum, ...)."""
     optimizer_class = locate(optimizer) if isinstance(optimizer, str) else optimizer
     if optimizer_class is None:
         raise ValueError(f"optimizer = {optimizer!r} does not name an importable class")
+    if clip_type is None:
+        return optimizer_class(params, **kwargs)
     clip = get_cfg().SOLVER.CLIP_GRADIENTS
     clip.ENABLED, clip.CLIP_TYPE, clip.CLIP_VALUE = True, clip_type, clip_value
     clip.NORM_TYPE = norm_type

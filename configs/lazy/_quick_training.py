@@ -35,7 +35,9 @@ def quick_training(y):
     dataloader.test.num_workers = y.DATALOADER.NUM_WORKERS
     dataloader.evaluator = L(FastCOCOEvaluator)(dataset_name="${..test.dataset.names}")
 
-    optimizer_kwargs = dict(
+    clip = S.CLIP_GRADIENTS
+    optimizer = L(clipped_optimizer)(
+        optimizer="torch.optim.AdamW" if S.OPTIMIZER == "AdamW" else "torch.optim.SGD",
         params=L(get_default_optimizer_params)(
             base_lr=S.BASE_LR,
             weight_decay_norm=S.WEIGHT_DECAY_NORM,
@@ -44,21 +46,14 @@ def quick_training(y):
         ),
         lr=S.BASE_LR,
         weight_decay=S.WEIGHT_DECAY,
+        clip_type=clip.CLIP_TYPE if clip.ENABLED else None,
+        clip_value=clip.CLIP_VALUE,
+        norm_type=clip.NORM_TYPE,
     )
     if S.OPTIMIZER == "AdamW":
-        optimizer_kwargs.update(optimizer="torch.optim.AdamW", betas=list(S.BETAS))
+        optimizer.betas = list(S.BETAS)
     else:
-        optimizer_kwargs.update(optimizer="torch.optim.SGD", momentum=S.MOMENTUM, nesterov=S.NESTEROV)
-    clip = S.CLIP_GRADIENTS
-    if clip.ENABLED:
-        optimizer = L(clipped_optimizer)(
-            **optimizer_kwargs, clip_type=clip.CLIP_TYPE, clip_value=clip.CLIP_VALUE,
-            norm_type=clip.NORM_TYPE,
-        )
-    else:
-        optimizer = L(getattr(torch.optim, optimizer_kwargs.pop("optimizer").split(".")[-1]))(
-            **optimizer_kwargs
-        )
+        optimizer.update(momentum=S.MOMENTUM, nesterov=S.NESTEROV)
 
     lr_multiplier = L(multistep_lr_multiplier)(
         max_iter=S.MAX_ITER, steps=list(S.STEPS), gamma=S.GAMMA, warmup_iters=S.WARMUP_ITERS,
