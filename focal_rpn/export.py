@@ -164,7 +164,11 @@ def export(model: nn.Module, fmt: str, image: Tensor, output_dir: str):
             output_names=[f"output{i}:{n}" for i, n in enumerate(names)],
             opset_version=ONNX_OPSET, **export_kwargs,
         )
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as many threads as PyTorch's
+    session = onnxruntime.InferenceSession(
+        path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
     def run(img):
         _check_size(img, size, fmt)

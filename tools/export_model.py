@@ -35,6 +35,8 @@ def build_parser():
     parser.add_argument("--num-images", type=int, default=4,
                         help="synthetic sample images when no --sample-image (default 4)")
     parser.add_argument("--runs", type=int, default=5, help="latency rounds (median, default 5)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of PyTorch and onnxruntime (default: PyTorch's)")
     parser.add_argument("--latency-all", action="store_true",
                         help="also export (and check) the other format, to time all three")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
@@ -112,6 +114,8 @@ def main(argv=None):
         tracing_adapter,
     )
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         if not os.path.isfile(args.weights):
             raise UnsupportedExportError(f"--weights {args.weights!r} is not a file")
