@@ -155,6 +155,9 @@ def main(argv=None):
             f"max box difference {report['max_box_diff']:.2e} px (allowed {BOX_ATOL:g}), "
             f"max score difference {report['max_score_diff']:.2e} (allowed {SCORE_ATOL:g})"
         )
+        if report["detections"] == 0:
+            print("warning: no detections above the score threshold on the sample images, so "
+                  "no boxes or scores were compared: check on images the model detects in")
     rates = measure_latency(dict(eager=eager, **exported), images, runs=args.runs)
     print(f"latency on CPU ({torch.get_num_threads()} threads, median of {args.runs} rounds "
           f"over {len(images)} images of 3x{h}x{w}):")
