@@ -171,3 +171,18 @@ def test_bad_lazy_value_fails_by_name(config, key, value, message):
     cfg.model.backbone.bottom_up.stages.pop("stride_in_1x1")
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         instantiate(cfg.model)
+
+
+def test_softmax_focal_retinanet_in_a_lazy_config():
+    """activation="softmax" with a K + 1 logit head; softmax_prior_prob sets p(background)."""
+    cfg = load("quick_retinanet_R18.py")
+    cfg.model.update(activation="softmax", softmax_prior_prob=0.01)
+    cfg.model.head.num_classes = cfg.model.num_classes + 1
+    model = instantiate(cfg.model)
+    k = cfg.model.num_classes
+    probs = model.head.cls_score.bias.detach().view(-1, k + 1).softmax(dim=-1)  # (A, K + 1)
+    torch.testing.assert_close(probs[:, k], torch.full_like(probs[:, k], 0.99))
+    cfg.model.activation = "sigmoid"
+    cfg.model.head.num_classes = k
+    with pytest.raises(ValueError, match="softmax_prior_prob = 0.01 is only for activation"):
+        instantiate(cfg.model)

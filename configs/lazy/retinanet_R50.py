@@ -1,8 +1,8 @@
 # RetinaNet R50-FPN (Lin et al.), as configs/retinanet_R50.yaml: detectron2's own
 # common/models/retinanet.py with focal_rpn's FocalRetinaNet (sigmoid focal loss), lr 0.01,
 # COCO 1x schedule.
-#   python -c "import focal_rpn, runpy, sys; sys.argv[1:] = ['--config-file', \
-#       'configs/lazy/retinanet_R50.py']; runpy.run_path('lazyconfig_train_net.py', run_name='__main__')"
+# Train with detectron2's tools/lazyconfig_train_net.py after `import focal_rpn` (README:
+# "LazyConfig (Python) configs").
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
@@ -12,7 +12,7 @@ from ._coco_1x import dataloader, lr_multiplier, optimizer, train
 
 model = L(FocalRetinaNet)(
     **model_zoo.get_config("common/models/retinanet.py").model,
-    activation="sigmoid",  # "softmax" also needs head.num_classes = num_classes + 1
+    activation="sigmoid",  # "softmax": also softmax_prior_prob=0.01, head.num_classes=81
 )
 model.backbone.bottom_up.freeze_at = 2
 optimizer.lr = 0.01

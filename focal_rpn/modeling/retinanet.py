@@ -8,7 +8,7 @@ Shape vocabulary:
     R: anchors of one image over all levels, sum over levels of Hi * Wi * A
 """
 import math
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +106,7 @@ class FocalRetinaNet(RetinaNet):
         activation: str = "sigmoid",
         winograd: bool = True,
         channels_last: bool = False,
+        softmax_prior_prob: Optional[float] = None,
         **kwargs,
     ):
         """
@@ -115,6 +116,10 @@ class FocalRetinaNet(RetinaNet):
             winograd: run the head's 3x3 convolutions through ``WinogradConv2d``.
             channels_last: keep the weights of 4-d parameters and the images in
                 channels-last memory format.
+            softmax_prior_prob: with "softmax", set the head's class bias so that
+                p(background) = 1 - softmax_prior_prob at start (for heads built directly,
+                as in lazy configs: RetinaNetHead starts every logit at its prior_prob). None:
+                keep the bias as built (``from_config`` builds the head with it already set).
             kwargs: the arguments of detectron2's ``RetinaNet``.
         """
         check_activation("activation", activation)
@@ -124,6 +129,14 @@ class FocalRetinaNet(RetinaNet):
         check_head_logits(
             self.head, self.anchor_generator.num_cell_anchors[0], self.num_classes, activation
         )
+        if softmax_prior_prob is not None:
+            check_probability("softmax_prior_prob", softmax_prior_prob)
+            if activation != "softmax":
+                raise ValueError(
+                    f"softmax_prior_prob = {softmax_prior_prob!r} is only for activation = "
+                    f"'softmax', not {activation!r} (RetinaNetHead's prior_prob sets the bias)"
+                )
+            init_softmax_class_bias(self.head.cls_score, self.num_classes, softmax_prior_prob)
         if winograd:
             use_winograd_convs(self.head)
         self.channels_last = channels_last
