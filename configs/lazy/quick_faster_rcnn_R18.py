@@ -2,12 +2,14 @@
 # as a LazyConfig: detectron2's own common/models/mask_rcnn_fpn.py without the mask head, on a
 # ResNet-18 FPN (BasicBlock stages of focal_rpn's make_basic_stages) trained from scratch on the
 # synthetic shapes dataset. Every value is read from the yaml, so the two recipes cannot drift
-# apart (tests/test_lazy_configs.py builds both and compares).
+# apart (tests/test_lazy_configs.py builds both and compares): the FPN levels too (P3-P7 from
+# res5 as RetinaNet's with build_basic_resnet_fpn_backbone, else detectron2's P2-P6).
 import os
 
 from detectron2 import model_zoo
-from detectron2.layers import ShapeSpec
 from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from focal_rpn.lazy import yaml_config
 from focal_rpn.modeling.backbone import make_basic_stages
@@ -30,6 +32,18 @@ model.backbone.bottom_up.update(
     freeze_at=_Y.MODEL.BACKBONE.FREEZE_AT,
 )
 model.backbone.update(in_features=list(_FPN.IN_FEATURES), out_channels=_FPN.OUT_CHANNELS)
+if _Y.MODEL.BACKBONE.NAME == "build_basic_resnet_fpn_backbone":  # P6, P7 from res5
+    model.backbone.top_block = L(LastLevelP6P7)(
+        in_channels=_R.RES2_OUT_CHANNELS * 8, out_channels="${..out_channels}", in_feature="res5"
+    )
+else:  # detectron2's build_resnet_fpn_backbone: P6 by max-pooling P5
+    model.backbone.top_block = L(LastLevelMaxPool)()
+
+
+def _stride(feature):
+    """Stride of an FPN level "pK": 2^K."""
+    return 2 ** int(feature[1:])
+
 
 model.proposal_generator.update(
     in_features=list(_RPN.IN_FEATURES),
@@ -38,15 +52,27 @@ model.proposal_generator.update(
     post_nms_topk=(_RPN.POST_NMS_TOPK_TRAIN, _RPN.POST_NMS_TOPK_TEST),
     nms_thresh=_RPN.NMS_THRESH,
 )
-model.proposal_generator.head.in_channels = _FPN.OUT_CHANNELS
-model.proposal_generator.anchor_generator.sizes = [list(s) for s in _Y.MODEL.ANCHOR_GENERATOR.SIZES]
+model.proposal_generator.head.update(
+    in_channels=_FPN.OUT_CHANNELS,
+    num_anchors=len(_Y.MODEL.ANCHOR_GENERATOR.SIZES[0]) * len(_Y.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0]),
+)
+model.proposal_generator.anchor_generator.update(
+    sizes=[list(s) for s in _Y.MODEL.ANCHOR_GENERATOR.SIZES],
+    aspect_ratios=[list(r) for r in _Y.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS],
+    strides=[_stride(f) for f in _RPN.IN_FEATURES],
+)
 
 model.roi_heads.update(
     num_classes=_ROI.NUM_CLASSES,
     batch_size_per_image=_ROI.BATCH_SIZE_PER_IMAGE,
     box_in_features=list(_ROI.IN_FEATURES),
 )
-model.roi_heads.box_pooler.output_size = _BOX.POOLER_RESOLUTION
+model.roi_heads.box_pooler.update(
+    output_size=_BOX.POOLER_RESOLUTION,
+    scales=[1.0 / _stride(f) for f in _ROI.IN_FEATURES],
+    sampling_ratio=_BOX.POOLER_SAMPLING_RATIO,
+    pooler_type=_BOX.POOLER_TYPE,
+)
 model.roi_heads.box_head.update(
     input_shape=ShapeSpec(
         channels=_FPN.OUT_CHANNELS, height=_BOX.POOLER_RESOLUTION, width=_BOX.POOLER_RESOLUTION
