@@ -18,11 +18,11 @@ from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
-from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
 from ..config import check_activation, check_alpha, check_gamma, check_positive, check_probability
+from ..d2_adapter import dense_box_regression_loss
 from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
 
 __all__ = ["FocalRPN"]
@@ -201,7 +201,7 @@ class FocalRPN(RPN):
                 reduction="sum", background_index=BACKGROUND,
             )
 
-        localization_loss = _dense_box_regression_loss(
+        localization_loss = dense_box_regression_loss(
             anchors,
             self.box2box_transform,
             pred_anchor_deltas,
