@@ -1,8 +1,9 @@
 """Training within a wall-time budget: ``SOLVER.TIME_BUDGET_MINUTES``.
 
 A schedule in iterations (MAX_ITER, STEPS, WARMUP_ITERS) takes very different times on
-different machines (README: "Training within a time budget" has measured step times). With a
-budget the schedule keeps its *shape* and shrinks to what fits in the time:
+different machines (the README's "Training for a time, not a number of iterations" has
+measured step times). With a budget the schedule keeps its *shape* and shrinks to what fits in
+the time:
 
 * ``SOLVER.MAX_ITER`` becomes an upper bound. After ``calibration_end`` iterations the hook
   measures the mean time per iteration (hooks and data loading included, the first
