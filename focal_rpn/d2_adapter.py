@@ -37,6 +37,23 @@ def transpose_dense_predictions(model, predictions, dims_per_anchor):
     return model._transpose_dense_predictions(predictions, dims_per_anchor)
 
 
+class RPNWithAnchorSamplingSeam:
+    """Mixin for a subclass of detectron2's ``RPN``: the per-image sampling of anchor labels is
+    the public method ``sample_anchor_labels(label)`` (default: detectron2's).
+
+    ``RPN.label_and_sample_anchors`` calls the private ``_subsample_labels(label)`` on each
+    image's (R,) label vector (1, 0, -1); it is the only place where the sampling can be
+    changed without copying the labelling. FL-RPN trains on every anchor and overrides
+    ``sample_anchor_labels``. Same in v0.6 and main.
+    """
+
+    def _subsample_labels(self, label):
+        return self.sample_anchor_labels(label)
+
+    def sample_anchor_labels(self, label):
+        return super()._subsample_labels(label)
+
+
 # ----------------------------------------------------------------------------- trainer
 
 #: Whether detectron2's DefaultTrainer saves its inner SimpleTrainer's state (the optimizer,

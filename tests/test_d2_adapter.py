@@ -9,6 +9,7 @@ import inspect
 import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -62,6 +63,24 @@ def test_transpose_dense_predictions_gives_hwa_order():
     (out,) = d2_adapter.transpose_dense_predictions(model, [[x]], [d])
     expected = x.view(n, a, d, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, d)
     assert len(out) == 1 and torch.equal(out[0], expected)
+
+
+def test_rpn_samples_anchor_labels_through_subsample_labels():
+    from detectron2.modeling.proposal_generator.rpn import RPN
+
+    from focal_rpn.modeling.rpn import FocalRPN
+
+    assert "_subsample_labels" in RPN.label_and_sample_anchors.__code__.co_names
+    label = torch.tensor([1, 0, 0, -1, 0, 1])
+    assert torch.equal(FocalRPN.sample_anchor_labels(None, label.clone()), label)
+
+
+def test_every_private_detectron2_name_is_in_the_adapter():
+    lister = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                          "list_d2_private_names.py")
+    proc = subprocess.run([sys.executable, lister], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "_max_iter" in proc.stdout and "_last_eval_results" in proc.stdout  # it finds them
 
 
 # ----------------------------------------------------------------------------- trainer

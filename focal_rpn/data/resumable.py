@@ -66,12 +66,12 @@ class ResumableTrainingSampler(torchdata.Sampler):
         self.size = int(size)
         self.shuffle = shuffle
         # TrainingSampler's own default: a random seed shared by the ranks
-        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._stream_seed = int(comm.shared_random_seed() if seed is None else seed)
         self.start = 0
 
     @property
     def seed(self) -> int:
-        return self._seed
+        return self._stream_seed
 
     def set_start(self, start: int, seed: Optional[int] = None) -> None:
         if start < 0:
@@ -82,12 +82,12 @@ class ResumableTrainingSampler(torchdata.Sampler):
                              f"processes {world_size} (it is iterations x SOLVER.IMS_PER_BATCH)")
         self.start = int(start)
         if seed is not None:
-            self._seed = int(seed)
+            self._stream_seed = int(seed)
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         world_size = comm.get_world_size()
         first = self.start + comm.get_rank()
-        this_rank = TrainingSampler(self.size, shuffle=self.shuffle, seed=self._seed)
+        this_rank = TrainingSampler(self.size, shuffle=self.shuffle, seed=self._stream_seed)
         indices = itertools.islice(iter(this_rank), self.start // world_size, None)
         yield from zip(itertools.count(first, world_size), indices)
 
