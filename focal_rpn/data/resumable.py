@@ -152,7 +152,6 @@ class ResumableTrainLoader:
         self.aspect_ratio_grouping = aspect_ratio_grouping
         self.num_workers = num_workers
         self.batch_size = images_per_iter // comm.get_world_size()
-        self.streams_started = 0
 
     @property
     def resumable_stream(self) -> "ResumableTrainLoader":
@@ -171,7 +170,6 @@ class ResumableTrainLoader:
         return changed
 
     def _start_stream(self):
-        self.streams_started += 1
         generator = torch.Generator()
         generator.manual_seed(derived_seed(self.sampler.seed, 2))
         common = dict(num_workers=self.num_workers, worker_init_fn=worker_init_reset_seed,
