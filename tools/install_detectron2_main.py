@@ -16,7 +16,6 @@ Exit status 3 (and one line) when the tarball is absent, so callers can skip the
 """
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -81,7 +80,6 @@ def main():
     build_from_tarball(python, args.tarball)
     subprocess.run([python, "-c", "import detectron2.engine, detectron2.evaluation"], check=True,
                    cwd=tempfile.gettempdir())
-    shutil.rmtree(os.path.join(ROOT, "build"), ignore_errors=True)
     open(stamp, "w").close()
     print(f"[install_detectron2_main] {args.venv}: detectron2 main installed")
 
