@@ -56,9 +56,19 @@ def test_environment_report_works():
     assert "detectron2" in report
 
 
-def test_missing_cpp_op_raises_a_clear_error():
-    from detectron2 import _C
+def _c_extension():
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return None
+    return _C
 
+
+@pytest.mark.skipif(_c_extension() is None, reason="this detectron2 has no _C module at all "
+                    "(detectron2 main built without C++, whose own fallbacks raise on use); the "
+                    "_C stand-in is tools/install_detectron2.py's, for v0.6")
+def test_missing_cpp_op_raises_a_clear_error():
+    _C = _c_extension()
     if not _C.__file__.endswith(".py"):
         pytest.skip("official detectron2 with compiled C++ ops is installed")
     from detectron2.structures import RotatedBoxes, pairwise_iou_rotated

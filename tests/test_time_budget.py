@@ -76,7 +76,7 @@ def test_run_ends_within_the_budget_and_the_schedule_keeps_its_shape(tiny_data, 
     # the run finishes as a run of n iterations: final checkpoint, evaluation, budget state
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["iteration"] == n - 1
-    assert ckpt["trainer"]["time_budget"]["planned_max_iter"] == n
+    assert ckpt["trainer"]["hooks"]["TimeBudget"]["planned_max_iter"] == n
     assert [r["iteration"] for r in read_metrics(tmp_path)[1]] == [n]
     assert math.isfinite(results["bbox"]["AP"])
     with open(tmp_path / "run_stats.json") as f:
@@ -102,7 +102,7 @@ def test_resume_keeps_the_planned_length(tiny_data, tmp_path, clock):
     opts = SCHEDULE[:-1] + ["40"] + BUDGET  # a checkpoint every 40 iterations
     train_net(CONFIG, tmp_path, *opts)
     saved = torch.load(tmp_path / "model_0000039.pth", map_location="cpu", weights_only=False)
-    planned = saved["trainer"]["time_budget"]["planned_max_iter"]
+    planned = saved["trainer"]["hooks"]["TimeBudget"]["planned_max_iter"]
     assert 40 < planned < UPPER_BOUND
     # continue from the checkpoint at iteration 39 (as after a crash there)
     os.remove(tmp_path / "model_final.pth")

@@ -1,8 +1,9 @@
 """Training within a wall-time budget: ``SOLVER.TIME_BUDGET_MINUTES``.
 
 A schedule in iterations (MAX_ITER, STEPS, WARMUP_ITERS) takes very different times on
-different machines: the quick recipe's step measured 0.37 s on one 2-core VM and 0.7-1.0 s on
-another. With a budget the schedule keeps its *shape* and shrinks to what fits in the time:
+different machines (the README's "Training for a time, not a number of iterations" has
+measured step times). With a budget the schedule keeps its *shape* and shrinks to what fits in
+the time:
 
 * ``SOLVER.MAX_ITER`` becomes an upper bound. After ``calibration_end`` iterations the hook
   measures the mean time per iteration (hooks and data loading included, the first
@@ -20,16 +21,18 @@ another. With a budget the schedule keeps its *shape* and shrinks to what fits i
 With several processes every decision is the minimum over the ranks (``comm.all_gather``), so
 all ranks stop at the same iteration. The length chosen is logged, with the options that repeat
 the run without a budget (up to an iteration of rounding in where the steps fall), and saved in
-checkpoints: ``--resume`` keeps it.
+checkpoints as this hook's state (detectron2 saves every hook's ``state_dict`` with the
+trainer's): ``--resume`` keeps it.
 """
 import logging
 import math
 import time
 from typing import Optional
 
-from detectron2.engine import HookBase, hooks
+from detectron2.engine import HookBase
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter
+
+from ..d2_adapter import set_metric_printer_length, set_scheduler_length, scheduler_length_settable
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def schedule_options(schedule: dict) -> list:
 
 def scheduler_with_max_iter(scheduler):
     """``scheduler`` if its length can be changed (detectron2's LRMultiplier), else ValueError."""
-    if not hasattr(scheduler, "_max_iter"):
+    if not scheduler_length_settable(scheduler):
         raise ValueError(
             f"{CONFIG_KEY} needs detectron2's LRMultiplier LR scheduler (SOLVER.LR_SCHEDULER_NAME "
             f"WarmupMultiStepLR or WarmupCosineLR); got {type(scheduler).__name__}"
@@ -99,9 +102,14 @@ class TimeBudget(HookBase):
         self.safety = safety
         #: the run's length once decided: set by the hook, or by a resumed checkpoint
         self.planned_max_iter: Optional[int] = None
+        #: hooks and metric writers that keep a copy of the run's length (detectron2's
+        #: PeriodicCheckpointer: ``max_iter``; CommonMetricPrinter: its ETA), set by the Trainer
+        self.checkpointers = []
+        self.metric_printers = []
         self._frozen = False
 
-    # -- state kept in checkpoints (through the Trainer's state_dict)
+    # -- state kept in checkpoints (detectron2's TrainerBase.state_dict saves it under
+    #    "hooks" / "TimeBudget" and gives it back to this hook on --resume)
 
     def state_dict(self):
         return {"planned_max_iter": self.planned_max_iter}
@@ -162,15 +170,12 @@ class TimeBudget(HookBase):
         """Make ``max_iter`` the run's length for the trainer, the LR schedule, the final
         checkpoint and the console's ETA (detectron2's PeriodicCheckpointer and
         CommonMetricPrinter keep copies of their own)."""
-        trainer = self.trainer
-        trainer.max_iter = max_iter
-        scheduler_with_max_iter(trainer.scheduler)._max_iter = max_iter
-        for hook in trainer._hooks:
-            if isinstance(hook, hooks.PeriodicCheckpointer):
-                hook.max_iter = max_iter
-            for writer in getattr(hook, "_writers", ()):
-                if isinstance(writer, CommonMetricPrinter):
-                    writer._max_iter = max_iter
+        self.trainer.max_iter = max_iter
+        set_scheduler_length(scheduler_with_max_iter(self.trainer.scheduler), max_iter)
+        for checkpointer in self.checkpointers:
+            checkpointer.max_iter = max_iter
+        for printer in self.metric_printers:
+            set_metric_printer_length(printer, max_iter)
 
     def _log(self, what: str, elapsed: float):
         schedule = scaled_schedule(self.trainer.cfg, self.trainer.max_iter)

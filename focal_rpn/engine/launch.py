@@ -1,12 +1,15 @@
 """Starting train_net's processes: single process, detectron2's launch, torchrun, or CPU spawn.
 
-detectron2 0.6's ``launch`` asserts CUDA and uses NCCL. ``launch_main`` adds:
+``launch_main`` adds to detectron2's ``launch``:
 
 * torchrun (``torchrun --nproc_per_node N tools/train_net.py ...``): the process group comes
   from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), with gloo on
-  CPU and NCCL on GPU, and detectron2's per-machine group ``comm._LOCAL_PROCESS_GROUP`` is built
-  (detectron2 needs it for ``comm.get_local_rank``/``get_local_size``);
-* ``--num-gpus N`` (N > 1) without CUDA: N local CPU processes with gloo, started the same way.
+  CPU and NCCL on GPU, and detectron2's per-machine process group is built (detectron2 needs
+  it for ``comm.get_local_rank``/``get_local_size``): by ``comm.create_local_process_group``
+  where detectron2 has it (main), else as v0.6's own launch does (``focal_rpn.d2_adapter``);
+* ``--num-gpus N`` (N > 1) without CUDA: N local CPU processes with gloo. detectron2 main's
+  ``launch`` does that itself and is used; v0.6's asserts CUDA, so the processes are started
+  here, the same way as by torchrun.
 """
 import datetime
 import logging
@@ -19,6 +22,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
+
+from .. import d2_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ def default_backend():
 
 
 def create_local_process_group(world_size, local_world_size, rank):
-    """Set detectron2's ``comm._LOCAL_PROCESS_GROUP`` to the group of this machine's ranks.
+    """Make detectron2's process group of this machine's ranks (``comm.get_local_rank``).
 
     Ranks are laid out machine by machine (as torchrun and detectron2 do). Every rank must call
     this: ``dist.new_group`` is collective over all ranks, for every group.
@@ -53,11 +58,14 @@ def create_local_process_group(world_size, local_world_size, rank):
     if world_size % local_world_size != 0:
         raise ValueError(f"WORLD_SIZE {world_size} is not a multiple of LOCAL_WORLD_SIZE "
                          f"{local_world_size}: machines with different process counts")
+    if d2_adapter.HAS_CREATE_LOCAL_PROCESS_GROUP:
+        comm.create_local_process_group(local_world_size)
+        return
     for machine in range(world_size // local_world_size):
         ranks = list(range(machine * local_world_size, (machine + 1) * local_world_size))
         group = dist.new_group(ranks)
         if rank in ranks:
-            comm._LOCAL_PROCESS_GROUP = group
+            d2_adapter.set_local_process_group(group)
 
 
 def init_distributed_from_env(backend=None, timeout=DEFAULT_TIMEOUT):
@@ -87,7 +95,7 @@ def _run_distributed(main_func, args):
     finally:
         if initialised_here and dist.is_initialized():
             dist.destroy_process_group()
-            comm._LOCAL_PROCESS_GROUP = None
+            d2_adapter.forget_local_process_group()
 
 
 def _free_port():
@@ -127,7 +135,10 @@ def launch_main(main_func, args):
     num_machines = getattr(args, "num_machines", 1)
     if num_gpus * num_machines <= 1:
         return main_func(args)
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or d2_adapter.LAUNCH_SUPPORTS_CPU:
+        if not torch.cuda.is_available():
+            logger.warning("CUDA is unavailable: --num-gpus %d runs %d CPU processes (gloo) "
+                           "with detectron2's launch", num_gpus, num_gpus)
         return d2_launch(main_func, num_gpus, num_machines=num_machines,
                          machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     if num_machines > 1:

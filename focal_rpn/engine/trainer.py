@@ -1,29 +1,27 @@
 """focal_rpn's Trainer and the steps of tools/train_net.py (argument parsing, setup, main)."""
-import contextlib
-import functools
-import importlib
 import json
 import logging
 import os
 import re
 from collections import OrderedDict
-from unittest import mock
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
-from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators, print_csv_format, verify_results
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage
+from detectron2.utils.events import CommonMetricPrinter, EventStorage
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 import focal_rpn  # noqa: F401  (registers FocalRetinaNet and FocalRPN)
 
+from .. import d2_adapter
+from ..data import datasets, synthetic
+from ..data.resumable import build_resumable_train_loader
 from ..evaluation import (
     ProposalRecallEvaluator,
     build_coco_evaluator,
@@ -32,34 +30,17 @@ from ..evaluation import (
 )
 from ..layers import use_fast_roi_align
 from .budget import TimeBudget, check_time_budget, scheduler_with_max_iter
+from .checkpoint import AtomicCheckpointer
+from .config_merge import ConfigError, merge_config_file, merge_config_opts
+from .guards import GracefulInterrupt, IterationSeeder, NonFiniteLossGuard
 from .hooks import PredictionVisualizer, RunStats
 from .optim import build_optimizer, check_optimizer_config
-from .reliability import (
-    AtomicCheckpointer,
-    ConfigError,
-    GracefulInterrupt,
-    IterationSeeder,
-    NonFiniteLossGuard,
-    build_resumable_train_loader,
-    merge_config_file,
-    merge_config_opts,
-)
 
 logger = logging.getLogger("focal_rpn.engine")
 
 #: DATASETS names ``<SYNTHETIC_PREFIX>_train`` / ``_val`` are the embedded synthetic dataset.
 SYNTHETIC_PREFIX = "focal_synth"
 _SYNTHETIC_NAME = re.compile(rf"^({re.escape(SYNTHETIC_PREFIX)})_(train|val)$")
-
-
-def _data_module(name):
-    """focal_rpn.data.<name>, or None while it does not exist (it is written separately)."""
-    try:
-        return importlib.import_module(f"focal_rpn.data.{name}")
-    except ModuleNotFoundError as e:
-        if e.name and e.name.startswith("focal_rpn.data"):
-            return None
-        raise
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -129,9 +110,6 @@ def register_synthetic_datasets(names):
     prefixes = [p for p in prefixes if not {f"{p}_train", f"{p}_val"} <= registered]
     if not prefixes:
         return
-    synthetic = _data_module("synthetic")
-    if synthetic is None:
-        raise RuntimeError("focal_rpn.data.synthetic is missing: cannot build the embedded dataset")
     for rank_turn in (True, False):
         if comm.is_main_process() == rank_turn:
             for prefix in prefixes:
@@ -142,38 +120,21 @@ def register_synthetic_datasets(names):
 
 def prepare_datasets(cfg, args):
     """Register what the command line and config name; fail early with clear messages."""
-    datasets = _data_module("datasets")
     for spec in getattr(args, "dataset", None) or []:
-        if datasets is None:
-            raise RuntimeError("--dataset needs focal_rpn.data.datasets, which is missing")
         datasets.parse_dataset_arg(spec)
     names = config_dataset_names(cfg)
     register_synthetic_datasets(names)
-    if datasets is not None:
-        datasets.require_builtin_datasets(cfg)
-        datasets.check_num_classes(cfg, names)
+    datasets.require_builtin_datasets(cfg)
+    datasets.check_num_classes(cfg, names)
 
 
 # ----------------------------------------------------------------------------- trainer
 
 
-@contextlib.contextmanager
-def _cpu_ddp():
-    """detectron2 0.6's create_ddp_model passes ``device_ids=[local_rank]``, which
-    DistributedDataParallel rejects for CPU modules: on CPU, wrap with ``device_ids=None``."""
-    if torch.cuda.is_available() or comm.get_world_size() == 1:
-        yield
-        return
-    create = d2_defaults.create_ddp_model
-    with mock.patch.object(d2_defaults, "create_ddp_model",
-                           functools.partial(create, device_ids=None)):
-        yield
-
-
 class Trainer(DefaultTrainer):
     """DefaultTrainer with COCO box AP (+ proposal AR@100/AR@1000 for models with an RPN),
     focal_rpn's checked dataset mapper, prediction pictures and run statistics; and (see
-    ``focal_rpn.engine.reliability``) atomic checkpoints that refuse non-finite weights, a stop
+    ``focal_rpn.engine.checkpoint``, ``.guards`` and ``focal_rpn.data.resumable``) atomic checkpoints that refuse non-finite weights, a stop
     on NaN/inf losses, a checkpoint + exit on SIGTERM, and a resume that continues the loss
     curve exactly (data stream position, per-sample augmentation seeds, per-iteration RNG seeds).
     """
@@ -190,7 +151,7 @@ class Trainer(DefaultTrainer):
         #: the SOLVER.TIME_BUDGET_MINUTES hook (focal_rpn.engine.budget), None without a budget
         self.time_budget = (TimeBudget(budget_s, **self.time_budget_options)
                             if budget_s is not None else None)
-        with _cpu_ddp():
+        with d2_adapter.ddp_without_device_ids_on_cpu():
             super().__init__(cfg)
         if self.time_budget is not None:
             scheduler_with_max_iter(self.scheduler)
@@ -202,8 +163,8 @@ class Trainer(DefaultTrainer):
             return super().train()
         self._train_until_max_iter(self.start_iter)
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
-            verify_results(self.cfg, self._last_eval_results)
-        return getattr(self, "_last_eval_results", None)
+            verify_results(self.cfg, d2_adapter.last_eval_results(self))
+        return d2_adapter.last_eval_results(self)
 
     def _train_until_max_iter(self, start_iter):
         """The training loop of detectron2's TrainerBase.train with ``self.max_iter`` read at
@@ -251,9 +212,7 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         """detectron2's train loader with focal_rpn's checked mapper; with the default
         DATALOADER.SAMPLER_TRAIN ("TrainingSampler") its stream is resumable (same order)."""
-        data = _data_module("datasets")
-        mapper_cls = getattr(data, "CheckedDatasetMapper", None) if data is not None else None
-        mapper = mapper_cls(cfg, is_train=True) if mapper_cls is not None else None
+        mapper = datasets.CheckedDatasetMapper(cfg, is_train=True)
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             return build_resumable_train_loader(cfg, mapper)
         return build_detection_train_loader(cfg, mapper=mapper)
@@ -269,24 +228,22 @@ class Trainer(DefaultTrainer):
         return self._data_seed
 
     def state_dict(self):
-        """detectron2's trainer state (iteration, LR scheduler), the optimizer state (which
-        this detectron2 0.6 build's DefaultTrainer leaves out, so momentum restarted at zero on
-        --resume; later detectron2 saves it under the same key) and the data seed."""
+        """detectron2's trainer state (iteration, hooks: LR scheduler, time budget), the
+        optimizer state under "_trainer" (detectron2 main saves it; v0.6's DefaultTrainer left it
+        out, so momentum restarted at zero on --resume: added here, under main's key) and the
+        data seed."""
         ret = super().state_dict()
-        ret.setdefault("_trainer", self._trainer.state_dict())
+        if not d2_adapter.DEFAULT_TRAINER_SAVES_OPTIMIZER:
+            ret["_trainer"] = d2_adapter.inner_trainer_state(self)
         ret["data_seed"] = int(self.data_seed)
-        if self.time_budget is not None:
-            ret["time_budget"] = self.time_budget.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        if "_trainer" in state_dict and "load_state_dict" not in DefaultTrainer.__dict__:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+        if "_trainer" in state_dict and not d2_adapter.DEFAULT_TRAINER_SAVES_OPTIMIZER:
+            d2_adapter.load_inner_trainer_state(self, state_dict["_trainer"])
         if "data_seed" in state_dict:
             self._data_seed = int(state_dict["data_seed"])
-        if self.time_budget is not None and "time_budget" in state_dict:
-            self.time_budget.load_state_dict(state_dict["time_budget"])
 
     def resume_or_load(self, resume=True):
         """detectron2's resume_or_load, then the data stream restarts where the checkpoint
@@ -300,10 +257,9 @@ class Trainer(DefaultTrainer):
                     "on resume (only TrainingSampler resumes its position)",
                     self.cfg.DATALOADER.SAMPLER_TRAIN)
             return
-        if stream.restart(self.start_iter, seed=self.data_seed):
-            # SimpleTrainer made its iterator in __init__, before start_iter was known
-            self._trainer._data_loader_iter = None
-            self._trainer._data_loader_iter = iter(self.data_loader)
+        # the loader's stream starts at its first batch, so this is in time however early
+        # detectron2 called iter() on it (v0.6: in SimpleTrainer.__init__; main: at first use)
+        stream.restart(self.start_iter, seed=self.data_seed)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
@@ -338,14 +294,20 @@ class Trainer(DefaultTrainer):
                 print_csv_format(res)
         return results
 
+    def build_writers(self):
+        """detectron2's writers (console, metrics.json, TensorBoard), remembered so that
+        build_hooks can give them a PeriodicWriter of ``writer_period`` and the time budget its
+        metric printers."""
+        self.writers = super().build_writers()
+        return self.writers
+
     def build_hooks(self):
         # before detectron2's hooks take it: checkpoints written atomically, never non-finite
         if not isinstance(self.checkpointer, AtomicCheckpointer):
             self.checkpointer = AtomicCheckpointer.from_checkpointer(self.checkpointer)
         ret = super().build_hooks()
-        for hook in ret:
-            if isinstance(hook, hooks.PeriodicWriter):
-                hook._period = self.writer_period
+        ret = [hooks.PeriodicWriter(self.writers, period=self.writer_period)
+               if isinstance(h, hooks.PeriodicWriter) else h for h in ret]
         # seeds first; the SIGTERM checkpoint after the periodic one (which it then skips)
         ret.insert(0, IterationSeeder())  # seed: self.data_seed
         ret.insert(1, NonFiniteLossGuard(self.checkpointer))
@@ -357,6 +319,10 @@ class Trainer(DefaultTrainer):
             # before the LR scheduler and every hook that acts on the last iteration
             first = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler))
             ret.insert(first, self.time_budget)
+            self.time_budget.checkpointers = [
+                h for h in ret if isinstance(h, hooks.PeriodicCheckpointer)]
+            self.time_budget.metric_printers = [
+                w for w in getattr(self, "writers", ()) if isinstance(w, CommonMetricPrinter)]
         extra = [RunStats(self.cfg.OUTPUT_DIR, self.cfg.MODEL.DEVICE)]
         if comm.is_main_process() and self.cfg.DATASETS.TEST:
             extra.append(PredictionVisualizer(
@@ -403,6 +369,6 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
         # DefaultTrainer.train returns them only with TEST.EXPECTED_RESULTS set
-        results = getattr(trainer, "_last_eval_results", None)
+        results = d2_adapter.last_eval_results(trainer)
     save_eval_results(cfg, results)
     return results

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
-from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
@@ -28,6 +27,7 @@ from ..config import (
     check_gamma,
     check_probability,
 )
+from ..d2_adapter import dense_box_regression_loss, transpose_dense_predictions
 from ..layers import use_winograd_convs
 from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
 
@@ -184,8 +184,8 @@ class FocalRetinaNet(RetinaNet):
         return images
 
     def forward_training(self, images, features, predictions, gt_instances):
-        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
-            predictions, [self.num_logits, 4]
+        pred_logits, pred_anchor_deltas = transpose_dense_predictions(
+            self, predictions, [self.num_logits, 4]
         )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
@@ -234,7 +234,7 @@ class FocalRetinaNet(RetinaNet):
                 reduction="sum", background_index=self.num_classes,
             )
 
-        loss_box_reg = _dense_box_regression_loss(
+        loss_box_reg = dense_box_regression_loss(
             anchors,
             self.box2box_transform,
             pred_anchor_deltas,
@@ -251,8 +251,8 @@ class FocalRetinaNet(RetinaNet):
     ):
         if self.activation == "sigmoid":
             return super().forward_inference(images, features, predictions)
-        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
-            predictions, [self.num_logits, 4]
+        pred_logits, pred_anchor_deltas = transpose_dense_predictions(
+            self, predictions, [self.num_logits, 4]
         )
         anchors = self.anchor_generator(features)
         results: List[Instances] = []

@@ -18,11 +18,11 @@ from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator.rpn import RPN
-from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
 from ..config import check_activation, check_alpha, check_gamma, check_positive, check_probability
+from ..d2_adapter import RPNWithAnchorSamplingSeam, dense_box_regression_loss
 from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
 
 __all__ = ["FocalRPN"]
@@ -64,7 +64,7 @@ def init_sigmoid_objectness_bias(rpn_head: nn.Module, prior_prob: float) -> None
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
-class FocalRPN(RPN):
+class FocalRPN(RPNWithAnchorSamplingSeam, RPN):
     """RPN trained with a focal objectness loss over all labelled anchors (FL-RPN).
 
     Anchors are labelled exactly as detectron2's RPN labels them before sampling (IoU >= 0.7 or
@@ -134,7 +134,7 @@ class FocalRPN(RPN):
         )
         return ret
 
-    def _subsample_labels(self, label: Tensor) -> Tensor:
+    def sample_anchor_labels(self, label: Tensor) -> Tensor:
         """No sampling: every anchor keeps its label (1, 0 or -1)."""
         return label
 
@@ -201,7 +201,7 @@ class FocalRPN(RPN):
                 reduction="sum", background_index=BACKGROUND,
             )
 
-        localization_loss = _dense_box_regression_loss(
+        localization_loss = dense_box_regression_loss(
             anchors,
             self.box2box_transform,
             pred_anchor_deltas,

@@ -1,0 +1,96 @@
+"""Config errors that name the file and key (``merge_config_file``, ``merge_config_opts``).
+
+A missing config file, an unknown key (with the closest known keys), a value of the wrong
+type or a YAML syntax error become ``ConfigError`` naming the file or option.
+"""
+import ast
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from typing import List, Optional
+
+
+class ConfigError(ValueError):
+    """A config file or option is invalid; the message names the file / option and the key."""
+
+
+_UNKNOWN_KEY = re.compile(r"Non-existent config key: (\S+)")
+
+
+def _config_keys(cfg, prefix="") -> List[str]:
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            keys += _config_keys(v, full + ".")
+        else:
+            keys.append(full)
+    return keys
+
+
+def _unknown_key_message(cfg, err: KeyError) -> Optional[str]:
+    match = _UNKNOWN_KEY.search(str(err))
+    if not match:
+        return None
+    key = match.group(1).strip("'\"")
+    close = difflib.get_close_matches(key, _config_keys(cfg), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return (f"unknown config key {key!r}{hint} (keys are detectron2's and focal_rpn's "
+            "MODEL.FOCAL_RPN.* / MODEL.FOCAL_RETINANET.*)")
+
+
+def merge_config_file(cfg, config_file: str) -> None:
+    """``cfg.merge_from_file(config_file)``; problems become a ``ConfigError`` naming the file
+    (missing file, a missing ``_BASE_``, unknown key, wrong value type, bad YAML)."""
+    import yaml
+
+    if not os.path.isfile(config_file):
+        where = os.path.abspath(config_file)
+        raise ConfigError(f"config file {config_file!r} does not exist (looked for {where})")
+    try:
+        cfg.merge_from_file(config_file)
+    except KeyError as e:
+        message = _unknown_key_message(cfg, e)
+        if message is None:
+            raise
+        raise ConfigError(f"config file {config_file!r} (or a _BASE_ it inherits): "
+                          f"{message}") from None
+    except (ValueError, AssertionError, yaml.YAMLError) as e:  # type mismatch, _BASE_, syntax
+        raise ConfigError(f"config file {config_file!r}: {e}") from None
+
+
+def _int_as_float(cfg, key, value):
+    """``value`` written as a float where ``key`` holds a float and ``value`` is an int literal
+    ("SOLVER.TIME_BUDGET_MINUTES 5" over 12.5): yacs would refuse it as a type mismatch."""
+    node = cfg
+    for part in str(key).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return value
+        node = node[part]
+    if not isinstance(node, float) or not isinstance(value, str):
+        return value
+    try:
+        literal = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+    return repr(float(literal)) if type(literal) is int else value
+
+
+def merge_config_opts(cfg, opts: List[str]) -> None:
+    """``cfg.merge_from_list(opts)`` (command-line ``KEY VALUE`` pairs); problems become a
+    ``ConfigError`` naming the option. An int given for a float key is taken as that float."""
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"config options must be KEY VALUE pairs; got an odd number "
+                          f"({len(opts)}): {opts}")
+    opts = [v if i % 2 == 0 else _int_as_float(cfg, opts[i - 1], v) for i, v in enumerate(opts)]
+    try:
+        cfg.merge_from_list(opts)
+    except KeyError as e:
+        message = _unknown_key_message(cfg, e)
+        if message is None:
+            raise
+        raise ConfigError(f"command-line option: {message}") from None
+    except (ValueError, AssertionError) as e:
+        raise ConfigError(f"command-line options {opts}: {e}") from None
