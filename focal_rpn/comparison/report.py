@@ -116,7 +116,7 @@ def plot_bars(doc, path):
     plt = _pyplot()
     entries = [e["name"] for e in doc["entries"]]
     metrics = [m for m in BAR_METRICS if m in measured_metrics(doc)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics) * max(1, len(entries)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(metrics) * len(entries) + 2), 4.2))
     width = 0.8 / len(entries)
     for i, name in enumerate(entries):
         xs, means, errs = [], [], []
@@ -131,8 +131,9 @@ def plot_bars(doc, path):
         ax.bar(xs, means, width, yerr=errs, capsize=3, label=name, color=f"C{i}")
     ax.set_xticks(range(len(metrics)))
     ax.set_xticklabels(metrics)
-    ax.set_ylabel("%  (bars: mean over seeds, error bars: 1 std, dots: seeds)")
-    ax.set_title(f"{len(doc['seeds'])} seed(s), {doc['schedule']['max_iter']} iterations each")
+    ax.set_ylabel("%")
+    ax.set_title(f"mean over {len(doc['seeds'])} seed(s) (bars), 1 std (error bars), each seed "
+                 f"(dots); {doc['schedule']['max_iter']} iterations each", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
