@@ -234,16 +234,22 @@ def picture_names(files):
     return names
 
 
-def predict(cfg, files, output_dir, classes, score_thresh):
+def build_predictor(cfg):
+    """detectron2's DefaultPredictor with MODEL.WEIGHTS loaded only if every parameter fits
+    (``WeightsMismatchError`` lists those that do not)."""
+    random_init = cfg.clone()
+    random_init.defrost()
+    random_init.MODEL.WEIGHTS = ""  # loaded below, with the check
+    predictor = DefaultPredictor(random_init)
+    load_matching_weights(predictor.model, cfg.MODEL.WEIGHTS, cfg)
+    return predictor
+
+
+def predict(cfg, files, output_dir, classes, score_thresh, predictor=None):
     """Run the model on ``files``; write the pictures and return the JSON entries."""
     from detectron2.data import Metadata
 
-    weights = cfg.MODEL.WEIGHTS
-    random_init = cfg.clone()
-    random_init.defrost()
-    random_init.MODEL.WEIGHTS = ""  # loaded below, with the check that every parameter fits
-    predictor = DefaultPredictor(random_init)
-    load_matching_weights(predictor.model, weights, cfg)
+    predictor = predictor or build_predictor(cfg)
     metadata = Metadata(name="predict", thing_classes=classes)
     os.makedirs(output_dir, exist_ok=True)
     results = []
@@ -286,8 +292,9 @@ def run(args):
                      markers=("predictions.json",), what="the predictions of an earlier run")
     cfg = setup_cfg(args)
     files = list_inputs(args.input)
+    predictor = build_predictor(cfg)
     classes = class_names(cfg, args.dataset_name, cfg.MODEL.WEIGHTS)
-    results = predict(cfg, files, args.output, classes, args.score_thresh)
+    results = predict(cfg, files, args.output, classes, args.score_thresh, predictor)
     out = os.path.join(args.output, "predictions.json")
     with open(out, "w") as f:  # one image per line
         f.write("[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n")

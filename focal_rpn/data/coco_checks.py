@@ -21,9 +21,9 @@ import logging
 import os
 from typing import Dict, List, Optional
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from .image_io import ImageModeError, check_mode, needs_8bit_conversion, to_rgb8
+from .image_io import ImageModeError, check_mode, exif_transposed, needs_8bit_conversion, to_rgb8
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def convert_to_8bit_cache(path: str, root: Optional[str] = None) -> str:
     os.makedirs(root, exist_ok=True)
     with Image.open(path) as image:
         image.load()
-        rgb = to_rgb8(ImageOps.exif_transpose(image) or image, path)
+        rgb = exif_transposed(image, to_rgb8(image, path))
     tmp = f"{target}.tmp-{os.getpid()}"
     rgb.save(tmp, format="PNG")
     os.replace(tmp, target)

@@ -20,13 +20,13 @@ import logging
 from typing import Tuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
 #: modes whose PIL.Image.convert("RGB") is correct (8 bits per channel, or 1 bit)
 RGB_SAFE_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "PA", "CMYK",
-                            "YCbCr", "HSV"})
+                            "YCbCr", "HSV", "LAB"})
 #: modes that convert("RGB") clips: they must be scaled to 8 bits first
 HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 #: modes read through a mode-specific path (premultiplied alpha)
@@ -105,5 +105,23 @@ def read_image_rgb8(path: str, format: str = "RGB") -> np.ndarray:
         raise ValueError(f"format must be 'RGB' or 'BGR', got {format!r}")
     with Image.open(path) as image:
         image.load()
-        rgb = np.asarray(to_rgb8(ImageOps.exif_transpose(image) or image, path))
+        # converted before the EXIF turn: a turned copy forgets image.format (16-bit PNG rule)
+        rgb = np.asarray(exif_transposed(image, to_rgb8(image, path)))
     return rgb[:, :, ::-1].copy() if format == "BGR" else rgb
+
+
+_T = getattr(Image, "Transpose", Image)  # Pillow >= 9.1: the Transpose enum
+#: EXIF orientation -> the transpose that undoes it (as PIL.ImageOps.exif_transpose)
+_TRANSPOSE = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
+              6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90}
+
+
+def exif_transposed(original: Image.Image, converted: Image.Image) -> Image.Image:
+    """``converted`` (pixels of ``original``) turned as ``original``'s EXIF orientation says,
+    as detectron2's reader does."""
+    try:
+        orientation = original.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block: ignored, as by detectron2
+        orientation = None
+    method = _TRANSPOSE.get(orientation)
+    return converted.transpose(method) if method is not None else converted

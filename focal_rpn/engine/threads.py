@@ -111,10 +111,11 @@ class StepTimeWatch(HookBase):
     def after_step(self):
         if self._start is None:
             return
+        elapsed = self.clock() - self._start
         self._steps += 1
         if self._steps <= self.warmup:
             return
-        self._times.append(self.clock() - self._start)
+        self._times.append(elapsed)
         if len(self._times) < self.window:
             return
         median = statistics.median(self._times)

@@ -111,10 +111,10 @@ def setup(args):
     # before default_setup writes config.yaml: never mix a new run into a finished one
     check_output_dir(cfg.OUTPUT_DIR, resume=args.resume or args.eval_only)
     default_setup(cfg, args)
-    configure_threads(getattr(args, "threads", "auto"), processes=comm.get_local_size())
     # focal_rpn's own messages (time budget, dataset generation, ...) beside detectron2's
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_rpn",
                  abbrev_name="focal_rpn")
+    configure_threads(getattr(args, "threads", "auto"), processes=comm.get_local_size())
     if device_note:
         logging.getLogger("detectron2").warning(device_note)
     return cfg

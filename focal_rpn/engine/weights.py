@@ -56,8 +56,14 @@ def weights_mismatch(model_state: Dict[str, torch.Tensor],
 
 
 def _listed(names: List[str]) -> str:
+    """"under head: 14, roi_heads: 8; e.g. head.bbox_pred.bias, ..." (by top-level module)."""
+    modules: Dict[str, int] = {}
+    for name in names:
+        top = name.split(".", 1)[0]
+        modules[top] = modules.get(top, 0) + 1
     more = f", ... ({len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else ""
-    return ", ".join(names[:MAX_LISTED]) + more
+    under = ", ".join(f"{m}: {n}" for m, n in modules.items())
+    return f"under {under}; e.g. " + ", ".join(names[:MAX_LISTED]) + more
 
 
 def mismatch_message(path: str, problems: Dict[str, List[str]], cfg=None) -> Optional[str]:
