@@ -58,11 +58,16 @@ def _quoted_user_error(text: str, names) -> Optional[str]:
     return found
 
 
+def _with_subclasses(cls):
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _with_subclasses(sub)
+
+
 def find_user_error(exc: BaseException) -> Optional[str]:
     """The message of the user error that ``exc`` is, wraps or quotes, else None."""
     types = user_error_types()
-    names = {t.__name__ for t in types} | {"OutputDirError", "WeightsMismatchError",
-                                           "ImageModeError", "DatasetError", "ConfigError"}
+    names = {cls.__name__ for t in types for cls in _with_subclasses(t)}
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
