@@ -7,6 +7,7 @@ command-line key typos, training into a finished OUTPUT_DIR, --resume into a wro
 predict.py with weights of another model or class count, and the one-line message that the
 tools print instead of a traceback. Runs are tiny (64 px images, a few iterations, ResNet-18
 with 32 FPN channels)."""
+import errno
 import json
 import logging
 import os
@@ -318,6 +319,15 @@ def test_command_line_key_typo_gets_did_you_mean_not_the_option_list():
             ["--config-file", RETINANET, "SOLVER.BASE_LR", "0.01", "SOLVER.MAX_ITER", "ten"]))
 
 
+def test_missing_local_weights_file_is_refused_when_the_config_is_read(tmp_path):
+    missing = str(tmp_path / "no_such_weights.pth")
+    with pytest.raises(ConfigError, match=rf"MODEL.WEIGHTS '{missing}' does not exist"):
+        build_config(build_argument_parser().parse_args(
+            ["--config-file", RETINANET, "MODEL.WEIGHTS", missing]))
+    build_config(build_argument_parser().parse_args(  # URLs are detectron2's to resolve
+        ["--config-file", RETINANET, "MODEL.WEIGHTS", "detectron2://ImageNetPretrained/x.pkl"]))
+
+
 # ----------------------------------------------------------------------------- output folders
 
 
@@ -438,9 +448,21 @@ def test_eval_only_with_weights_of_another_class_count_is_an_error(tmp_path):
     assert json.loads((tmp_path / "run" / "classes.json").read_text())["thing_classes"] == \
         list(MetadataCatalog.get(name).thing_classes)
     args = args_for(RETINANET, tmp_path / "eval", "DATASETS.TRAIN", f'("{name}",)',
-                    "DATASETS.TEST", f'("{name}",)', "MODEL.RETINANET.NUM_CLASSES", "8",
+                    "MODEL.RETINANET.NUM_CLASSES", "8",
                     "MODEL.WEIGHTS", str(tmp_path / "run" / "model_final.pth"), eval_only=True)
     with pytest.raises(WeightsMismatchError, match="head.cls_score.weight: file"):
+        main(args)
+    # the right weights, but a test dataset with fewer classes than the model predicts
+    few = tiny_coco(tmp_path / "few")
+    few[2]["categories"] = few[2]["categories"][:5]
+    few[2]["annotations"] = [a for a in few[2]["annotations"] if a["category_id"] <= 5]
+    few_name = unique_name()
+    register_coco_dataset(few_name, write_json(tmp_path / "few5.json", few[2]), few[1])
+    args = args_for(RETINANET, tmp_path / "eval", "DATASETS.TRAIN", f'("{name}",)',
+                    "DATASETS.TEST", f'("{few_name}",)',
+                    "MODEL.WEIGHTS", str(tmp_path / "run" / "model_final.pth"), eval_only=True)
+    with pytest.raises(DatasetError, match=rf"NUM_CLASSES is 6, but test dataset '{few_name}' "
+                                           "has 5 classes"):
         main(args)
 
 
@@ -502,6 +524,10 @@ def test_user_error_quoted_by_a_worker_or_child_process_is_found():
     except RuntimeError as e:
         assert find_user_error(e) == "bad key"
     assert find_user_error(ZeroDivisionError("a bug")) is None  # bugs keep their traceback
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/a/model_final.pth")
+    assert find_user_error(full) == ("cannot write or read '/runs/a/model_final.pth': "
+                                     "No space left on device")
+    assert find_user_error(OSError(errno.EIO, "I/O error")) is None
 
 
 def test_image_read_error_in_training_is_one_message_without_traceback(tmp_path):

@@ -127,7 +127,7 @@ def setup_cfg(args):
     focal_rpn.add_focal_rpn_config(cfg)
     merge_config_file(cfg, config_file_of(args))  # ConfigError naming file and key
     merge_config_opts(cfg, list(args.opts or []))
-    check_config(cfg)
+    check_config(cfg, weights=False)  # --weights is resolved below
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.info("CUDA is not available: running on cpu")
         cfg.MODEL.DEVICE = "cpu"

@@ -472,3 +472,20 @@ def check_trainable(cfg) -> None:
     """Raise DatasetError if a DATASETS.TRAIN dataset registered here has no usable box
     (all degenerate or crowd): detectron2 would stop with ``AssertionError: No valid data``."""
     coco_checks.check_trainable(list(cfg.DATASETS.TRAIN), MetadataCatalog.get)
+
+
+def check_test_classes(cfg) -> None:
+    """Raise DatasetError if the model predicts more classes than a DATASETS.TEST dataset has
+    (``--eval-only``): detectron2's COCO evaluator would stop at the first prediction of another
+    class with ``AssertionError: A prediction has class=...``."""
+    key, value = num_classes_key(cfg), num_classes_value(cfg)
+    if key is None:
+        return
+    for name in cfg.DATASETS.TEST:
+        classes = getattr(MetadataCatalog.get(name), "thing_classes", None) if name in MetadataCatalog.list() else None
+        if classes is not None and value > len(classes):
+            raise DatasetError(
+                f"{key} is {value}, but test dataset {name!r} has {len(classes)} classes "
+                f"({', '.join(classes[:10])}): predictions of the other classes cannot be "
+                "evaluated. Evaluate weights trained on data with these classes, with the config "
+                f"of that run (its {key})")

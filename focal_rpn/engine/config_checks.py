@@ -10,9 +10,12 @@
 * a name that must be registered in a detectron2 registry (``REGISTRY_KEYS``: meta
   architecture, proposal generator, backbone, heads, anchor generator) and is not (an empty
   name, as detectron2's default ROI_BOX_HEAD.NAME, means unused); the message lists the
-  registered names, closest first.
+  registered names, closest first;
+* a local ``MODEL.WEIGHTS`` file that does not exist (detectron2 would assert "Checkpoint ...
+  not found!" after building everything).
 """
 import difflib
+import os
 from typing import Callable, Dict, List, Tuple
 
 from .. import config as focal_config
@@ -144,7 +147,20 @@ def check_plugin_values(cfg) -> Tuple[str, ...]:
     return tuple(checked)
 
 
-def check_config(cfg) -> None:
-    """All read-time checks (see the module docstring); raises ConfigError."""
+def check_weights_path(cfg) -> None:
+    """A local MODEL.WEIGHTS file must exist (URLs such as detectron2://... are not checked)."""
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        where = os.path.abspath(weights)
+        raise ConfigError(f"MODEL.WEIGHTS {weights!r} does not exist (looked for {where}); give "
+                          "a checkpoint file, a detectron2:// model-zoo URL, or \"\" to start "
+                          "from random weights")
+
+
+def check_config(cfg, weights: bool = True) -> None:
+    """All read-time checks (see the module docstring); raises ConfigError. ``weights``:
+    also check that a local MODEL.WEIGHTS exists."""
     check_plugin_values(cfg)
     check_registry_names(cfg)
+    if weights:
+        check_weights_path(cfg)

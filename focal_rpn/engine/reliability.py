@@ -374,8 +374,8 @@ def build_resumable_train_loader(cfg, mapper, dataset=None):
     total = kwargs["total_batch_size"]
     world_size = comm.get_world_size()
     if total % world_size:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH {total} is not divisible by the number of "
-                         f"processes {world_size}")
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH {total} is not divisible by the number of "
+                          f"processes {world_size}: set it to a multiple of {world_size}")
     # The loader's own generator: torch draws a worker base seed when an iterator starts (for
     # the grouped loader: at its first batch, inside a training step); from the global RNG
     # that draw would shift the model's random stream of that step.

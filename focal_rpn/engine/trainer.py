@@ -157,7 +157,9 @@ def prepare_datasets(cfg, args):
     if datasets is not None:
         datasets.require_builtin_datasets(cfg)
         datasets.check_num_classes(cfg, names)
-        if not getattr(args, "eval_only", False):
+        if getattr(args, "eval_only", False):
+            datasets.check_test_classes(cfg)
+        else:
             datasets.check_trainable(cfg)
             write_run_classes(cfg)  # beside the weights, for tools/predict.py
 

@@ -12,6 +12,7 @@ While a tool runs, detectron2's "Exception during training:" log record loses it
 when the exception is a user error (``QuietUserErrors``), so the message is not buried under
 pages of frames. Everything else (bugs) keeps its traceback.
 """
+import errno
 import logging
 import os
 import re
@@ -34,7 +35,7 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     from .reliability import CheckpointLoadError, ConfigError, NonFiniteLossError, NonFiniteWeightsError
 
     return (UserError, DatasetError, ImageReadError, ConfigError, CheckpointLoadError,
-            NonFiniteLossError, NonFiniteWeightsError, PermissionError)
+            NonFiniteLossError, NonFiniteWeightsError)
 
 
 def debug_requested(argv=None) -> bool:
@@ -43,6 +44,9 @@ def debug_requested(argv=None) -> bool:
     env = os.environ.get(DEBUG_ENV, "").strip().lower()
     return "--debug" in argv or env not in ("", "0", "false", "no", "off")
 
+
+#: OSErrors of the user's storage (not of the code): permission, read-only, full disk, quota
+_STORAGE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 _QUOTED_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.+)$")
 
@@ -76,9 +80,9 @@ def find_user_error(exc: BaseException) -> Optional[str]:
             quoted = _quoted_user_error(text, names)
             if quoted is not None:
                 return quoted
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS and exc.filename:
+            return f"cannot write or read {exc.filename!r}: {exc.strerror}"
         if isinstance(exc, types):
-            if isinstance(exc, PermissionError) and exc.filename:
-                return f"permission denied: cannot write or read {exc.filename!r} ({exc.strerror})"
             return text
         exc = exc.__cause__ or exc.__context__
     return None
