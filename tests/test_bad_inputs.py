@@ -530,6 +530,27 @@ def test_user_error_quoted_by_a_worker_or_child_process_is_found():
     assert find_user_error(OSError(errno.EIO, "I/O error")) is None
 
 
+def test_user_error_logged_by_a_training_loop_loses_its_traceback_bugs_keep_it(caplog):
+    from focal_rpn.engine.user_errors import quietly
+
+    def training_loop(error):
+        try:
+            raise error
+        except Exception:
+            logging.getLogger("detectron2.engine.train_loop").exception("Exception during training:")
+            raise
+
+    run = quietly(training_loop)  # what train_net hands to the processes it starts
+    with caplog.at_level(logging.ERROR):
+        with pytest.raises(ConfigError):
+            run(ConfigError("bad value"))
+        with pytest.raises(ZeroDivisionError):
+            run(ZeroDivisionError("a bug"))
+    user, bug = [r for r in caplog.records if "Exception during training" in r.getMessage()]
+    assert user.exc_info is None and "user error" in user.getMessage()
+    assert bug.exc_info is not None  # a bug keeps its traceback
+
+
 def test_image_read_error_in_training_is_one_message_without_traceback(tmp_path):
     json_file, image_root, coco = tiny_coco(tmp_path / "d", num_images=2)
     spoilt = os.path.join(image_root, coco["images"][1]["file_name"])

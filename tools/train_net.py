@@ -21,13 +21,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from focal_rpn.engine import build_argument_parser, launch_main, main  # noqa: E402
-from focal_rpn.engine.user_errors import run_tool  # noqa: E402
+from focal_rpn.engine.user_errors import debug_requested, quietly, run_tool  # noqa: E402
 
 
 def cli():
     args = build_argument_parser().parse_args()
     print("Command Line Args:", args)
-    run_tool("train_net", lambda: launch_main(main, args), debug=args.debug or None)
+    debug = args.debug or debug_requested()
+    # quietly: also in the processes --num-gpus N starts on CPU
+    run_tool("train_net", lambda: launch_main(main if debug else quietly(main), args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ While a tool runs, detectron2's "Exception during training:" log record loses it
 when the exception is a user error (``QuietUserErrors``), so the message is not buried under
 pages of frames. Everything else (bugs) keeps its traceback.
 """
+import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -107,6 +109,31 @@ EXCEPTION_LOGGERS = ("detectron2.engine.train_loop", "detectron2.engine.hooks", 
                      "focal_rpn.engine.trainer")
 
 
+@contextlib.contextmanager
+def quiet_user_error_logs():
+    """While in the body, ``EXCEPTION_LOGGERS`` log user errors without their traceback."""
+    quiet = QuietUserErrors()
+    loggers = [logging.getLogger(name) for name in EXCEPTION_LOGGERS]
+    for log in loggers:
+        log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for log in loggers:
+            log.removeFilter(quiet)
+
+
+def _call_quietly(fn, *args, **kwargs):
+    with quiet_user_error_logs():
+        return fn(*args, **kwargs)
+
+
+def quietly(fn):
+    """``fn`` run under ``quiet_user_error_logs`` (picklable, for processes started by spawn,
+    which do not inherit the parent's log filters)."""
+    return functools.partial(_call_quietly, fn)
+
+
 def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
     """Run ``fn()``; a user error ends the process with ``PROG: error: MESSAGE`` (exit 1).
 
@@ -114,13 +141,11 @@ def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
     traceback.
     """
     debug = debug_requested() if debug is None else debug
-    quiet = QuietUserErrors()
-    loggers = [logging.getLogger(name) for name in EXCEPTION_LOGGERS]
-    if not debug:
-        for log in loggers:
-            log.addFilter(quiet)
     try:
-        return fn()
+        if debug:
+            return fn()
+        with quiet_user_error_logs():
+            return fn()
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:
@@ -130,6 +155,3 @@ def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
         print(f"{prog}: error: {message}", file=sys.stderr)
         print(f"(for the traceback, run again with --debug or {DEBUG_ENV}=1)", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
-    finally:
-        for log in loggers:
-            log.removeFilter(quiet)
