@@ -84,7 +84,8 @@ def main():
     results = {label: [] for label, _, _ in SETTINGS}
     for r in range(args.rounds):
         for label, threads, policy in SETTINGS:
-            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
             if policy:
                 env["OMP_WAIT_POLICY"] = policy
             load = os.getloadavg()[0]
@@ -93,8 +94,8 @@ def main():
                                   env=env, check=True)
             median = json.loads(proc.stdout.strip().splitlines()[-1])["median_s"]
             results[label].append(median)
-            print(f"round {r + 1}: {label:32s} {median:7.3f} s/step  (load average before: {load:.2f})",
-                  flush=True)
+            print(f"round {r + 1}: {label:32s} {median:7.3f} s/step  "
+                  f"(load average before: {load:.2f})", flush=True)
     base = statistics.median(results[SETTINGS[0][0]])
     print(f"\n{os.cpu_count()} CPUs; median over rounds, ratio to '{SETTINGS[0][0]}':")
     for label, values in results.items():

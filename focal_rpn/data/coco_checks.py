@@ -186,7 +186,8 @@ def use_8bit_copies(dataset_dicts: List[dict], modes: Dict[str, str], dataset_na
             record = dict(record, file_name=convert_to_8bit_cache(path, root),
                           original_file_name=path)
         out.append(record)
-    kinds = ", ".join(f"{m}: {sum(v == m for v in modes.values())}" for m in sorted(set(modes.values())))
+    counts = {m: sum(v == m for v in modes.values()) for m in sorted(set(modes.values()))}
+    kinds = ", ".join(f"{m}: {n}" for m, n in counts.items())
     logger.warning(
         f"Dataset {dataset_name!r} ({json_file}): {len(modes)} images are not 8 bits per channel "
         f"(PIL modes {kinds}); they are read from 8-bit copies scaled to 0..255 (see "

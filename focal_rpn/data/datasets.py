@@ -223,10 +223,11 @@ def validate_coco_json(coco: dict, json_file: str, image_root: Optional[str] = N
         ann_id = _require(json_file, f"annotations[{i}]", ann, "id", int)
         what = f"annotation id {ann_id}"
         if ann_id in ann_index:
+            j = ann_index[ann_id]
             raise DatasetError(
-                f"{json_file!r}: annotation id {ann_id} appears twice: annotations"
-                f"[{ann_index[ann_id]}] (image_id {coco['annotations'][ann_index[ann_id]].get('image_id')}) "
-                f"and annotations[{i}] (image_id {ann.get('image_id')}); give every annotation a unique id")
+                f"{json_file!r}: annotation id {ann_id} appears twice: annotations[{j}] "
+                f"(image_id {coco['annotations'][j].get('image_id')}) and annotations[{i}] "
+                f"(image_id {ann.get('image_id')}); give every annotation a unique id")
         ann_index[ann_id] = i
         cid = _require(json_file, what, ann, "category_id", int)
         if cid not in category_ids:
@@ -482,7 +483,9 @@ def check_test_classes(cfg) -> None:
     if key is None:
         return
     for name in cfg.DATASETS.TEST:
-        classes = getattr(MetadataCatalog.get(name), "thing_classes", None) if name in MetadataCatalog.list() else None
+        if name not in MetadataCatalog.list():
+            continue
+        classes = getattr(MetadataCatalog.get(name), "thing_classes", None)
         if classes is not None and value > len(classes):
             raise DatasetError(
                 f"{key} is {value}, but test dataset {name!r} has {len(classes)} classes "

@@ -48,7 +48,7 @@ def needs_8bit_conversion(mode: str) -> bool:
 
 def check_mode(mode: str, path: str) -> None:
     """Raise ``ImageModeError`` for a mode this module cannot read correctly."""
-    if mode not in RGB_SAFE_MODES and mode not in HIGH_BIT_DEPTH_MODES and mode not in SPECIAL_MODES:
+    if mode not in RGB_SAFE_MODES | HIGH_BIT_DEPTH_MODES | SPECIAL_MODES:
         raise ImageModeError(
             f"image file {path!r} has PIL mode {mode!r}, which focal_rpn cannot read as 8-bit "
             f"colour; supported modes: {', '.join(supported_modes())}. Convert the file, e.g. "

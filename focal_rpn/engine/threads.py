@@ -73,7 +73,7 @@ def configure_threads(value=AUTO, processes: int = 1, environ=None) -> int:
     requested = parse_threads(value)
     if requested is not None:
         n, why = requested, "--threads"
-    elif environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
+    elif environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(environ["OMP_NUM_THREADS"]):
         n, why = int(environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     else:
         cpus, load = available_cpus(), busy_cpus()
@@ -97,7 +97,8 @@ class StepTimeWatch(HookBase):
     """Warn once when the median of the last ``window`` step times exceeds ``factor`` times the
     fastest such median seen (after ``warmup`` steps)."""
 
-    def __init__(self, window: int = 20, factor: float = 3.0, warmup: int = 10, clock=time.perf_counter):
+    def __init__(self, window: int = 20, factor: float = 3.0, warmup: int = 10,
+                 clock=time.perf_counter):
         self.window, self.factor, self.warmup, self.clock = window, factor, warmup, clock
         self._times = deque(maxlen=window)
         self._best = None

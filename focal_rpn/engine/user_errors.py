@@ -34,7 +34,12 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     """The exception classes whose message is meant for the user (imported lazily: the
     modules that define them import torch and detectron2)."""
     from ..data.datasets import DatasetError, ImageReadError
-    from .reliability import CheckpointLoadError, ConfigError, NonFiniteLossError, NonFiniteWeightsError
+    from .reliability import (
+        CheckpointLoadError,
+        ConfigError,
+        NonFiniteLossError,
+        NonFiniteWeightsError,
+    )
 
     return (UserError, DatasetError, ImageReadError, ConfigError, CheckpointLoadError,
             NonFiniteLossError, NonFiniteWeightsError)
