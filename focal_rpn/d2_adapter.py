@@ -217,3 +217,7 @@ class CheckpointerWithFileReader:
 
     def read_checkpoint_file(self, filename, read):
         return read()
+
+    def load_file(self, filename):
+        """The checkpoint dict of one file, read as ``load`` reads it (for checks before loading)."""
+        return self._load_file(filename)

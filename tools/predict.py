@@ -15,10 +15,18 @@ Writes, in ``--output``:
        "boxes": [[x0, y0, x1, y1], ...],     # XYXY, pixels of the original image
        "scores": [0.93, ...], "classes": [2, ...], "class_names": ["triangle", ...]}
 
-Class names come from the metadata of ``--dataset-name`` (default: the config's first
+With ``--weights RUN/model_final.pth`` of a training run, ``--config-file`` defaults to
+``RUN/config.yaml`` and the class names to ``RUN/classes.json`` (both written by train_net).
+Otherwise class names come from the metadata of ``--dataset-name`` (default: the config's first
 DATASETS.TRAIN); it may also be ``NAME=JSON:IMAGE_DIR`` to register a COCO dataset.
 MODEL.DEVICE falls back to cpu when CUDA is not available. Trailing ``KEY VALUE`` pairs
 override the config, as in train_net.py.
+
+Refused with one line ``predict: error: ...`` (``--debug`` or FOCAL_RPN_DEBUG=1: traceback):
+weights whose parameters do not fit the model (missing, unexpected or other shapes: listed);
+class names whose count differs from the model's; an ``--output`` that is a file, or a folder
+holding an earlier ``predictions.json`` (unless ``--overwrite``); images of a mode that cannot
+be read as 8-bit colour (16-bit and float images are scaled: focal_rpn.data.image_io).
 """
 import argparse
 import glob
@@ -33,7 +41,6 @@ import cv2  # noqa: E402
 import torch  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
@@ -41,6 +48,16 @@ from detectron2.utils.visualizer import Visualizer  # noqa: E402
 import focal_rpn  # noqa: E402  (registers FocalRetinaNet and FocalRPN)
 from focal_rpn.data import datasets as focal_datasets  # noqa: E402
 from focal_rpn.data import synthetic  # noqa: E402
+from focal_rpn.data.image_io import read_image_rgb8  # noqa: E402
+from focal_rpn.engine.config_checks import check_config  # noqa: E402
+from focal_rpn.engine.output_dir import check_output_dir  # noqa: E402
+from focal_rpn.engine.reliability import merge_config_file, merge_config_opts  # noqa: E402
+from focal_rpn.engine.user_errors import UserError, run_tool  # noqa: E402
+from focal_rpn.engine.weights import (  # noqa: E402
+    RUN_CONFIG_FILE,
+    load_matching_weights,
+    read_run_classes,
+)
 
 logger = logging.getLogger("focal_rpn.predict")
 
@@ -51,7 +68,10 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="config yaml")
+    parser.add_argument(
+        "--config-file", metavar="FILE",
+        help=f"config yaml (default: {RUN_CONFIG_FILE} beside --weights, as train_net writes it)",
+    )  # fmt: skip
     parser.add_argument(
         "--weights", metavar="FILE",
         help="checkpoint (default: OUTPUT_DIR/model_final.pth if it exists, else MODEL.WEIGHTS)",
@@ -61,6 +81,11 @@ def build_parser():
         help="image files, folders of images and/or glob patterns",
     )  # fmt: skip
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the results")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="write into an --output folder that holds the predictions of an earlier run",
+    )  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="tracebacks for input errors")
     parser.add_argument(
         "--score-thresh", type=float, default=0.5,
         help="keep detections scoring at least this (default 0.5)",
@@ -76,12 +101,33 @@ def build_parser():
     return parser
 
 
+class PredictError(UserError, ValueError):
+    """A bad argument of predict.py; the message says what to give instead."""
+
+
+def config_file_of(args):
+    """``--config-file``, else the training run's config.yaml beside ``--weights``."""
+    if args.config_file:
+        return args.config_file
+    if args.weights:
+        beside = os.path.join(os.path.dirname(os.path.abspath(args.weights)), RUN_CONFIG_FILE)
+        if os.path.isfile(beside):
+            logger.info(f"config: {beside} (the training run of the weights)")
+            return beside
+        raise PredictError(
+            f"no --config-file, and no {RUN_CONFIG_FILE} beside --weights {args.weights!r} "
+            f"(looked for {beside}): pass the config the weights were trained with")
+    raise PredictError("no --config-file: pass the config the weights were trained with, or "
+                       "--weights RUN/model_final.pth of a train_net run (its config.yaml is read)")
+
+
 def setup_cfg(args):
     """The frozen config: file, then overrides, then device fallback, weights, thresholds."""
     cfg = get_cfg()
     focal_rpn.add_focal_rpn_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_config_file(cfg, config_file_of(args))  # ConfigError naming file and key
+    merge_config_opts(cfg, list(args.opts or []))
+    check_config(cfg, weights=False)  # --weights is resolved below
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.info("CUDA is not available: running on cpu")
         cfg.MODEL.DEVICE = "cpu"
@@ -136,8 +182,30 @@ def list_inputs(paths):
     return list(dict.fromkeys(files))
 
 
-def class_names(cfg, dataset_name):
-    """Class names for the boxes: from the dataset's metadata, else ``class_<id>``."""
+def class_names(cfg, dataset_name, weights=None):
+    """Class names for the boxes: ``--dataset-name``'s metadata, else the training run's
+    classes.json beside ``weights``, else the config's first dataset, else ``class_<id>``.
+    A count that differs from the model's is an error."""
+    num = focal_datasets.num_classes_value(cfg)
+    if dataset_name is None and weights:
+        classes = read_run_classes(os.path.dirname(os.path.abspath(weights)))
+        if classes is not None:
+            return _same_count(classes, num, f"classes.json beside {weights!r}", cfg)
+    return _same_count(_dataset_class_names(cfg, dataset_name), num, "the class names", cfg)
+
+
+def _same_count(classes, num, source, cfg):
+    if num is not None and len(classes) != num:
+        key = focal_datasets.num_classes_key(cfg)
+        raise PredictError(
+            f"{source} give {len(classes)} classes ({', '.join(classes[:8])}"
+            f"{', ...' if len(classes) > 8 else ''}) but the model predicts {num} ({key}): pass "
+            f"--dataset-name of the training data, or the config of the run (--weights "
+            f"RUN/model_final.pth reads RUN/{RUN_CONFIG_FILE} and RUN/classes.json)")
+    return classes
+
+
+def _dataset_class_names(cfg, dataset_name):
     if dataset_name is None:
         names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
         dataset_name = names[0] if names else None
@@ -166,19 +234,30 @@ def picture_names(files):
     return names
 
 
-def predict(cfg, files, output_dir, classes, score_thresh):
+def build_predictor(cfg):
+    """detectron2's DefaultPredictor with MODEL.WEIGHTS loaded only if every parameter fits
+    (``WeightsMismatchError`` lists those that do not)."""
+    random_init = cfg.clone()
+    random_init.defrost()
+    random_init.MODEL.WEIGHTS = ""  # loaded below, with the check
+    predictor = DefaultPredictor(random_init)
+    load_matching_weights(predictor.model, cfg.MODEL.WEIGHTS, cfg)
+    return predictor
+
+
+def predict(cfg, files, output_dir, classes, score_thresh, predictor=None):
     """Run the model on ``files``; write the pictures and return the JSON entries."""
     from detectron2.data import Metadata
 
-    predictor = DefaultPredictor(cfg)
+    predictor = predictor or build_predictor(cfg)
     metadata = Metadata(name="predict", thing_classes=classes)
     os.makedirs(output_dir, exist_ok=True)
     results = []
     for path, picture in zip(files, picture_names(files)):
         try:
-            image = read_image(path, format="BGR")
-        except Exception as e:
-            raise SystemExit(f"error: cannot read image {path!r}: {type(e).__name__}: {e}") from e
+            image = read_image_rgb8(path, format="BGR")  # any PIL mode, 8 bits per channel
+        except (OSError, SyntaxError, ValueError) as e:
+            raise PredictError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
         instances = predictor(image)["instances"].to("cpu")
         instances = instances[instances.scores >= score_thresh]
         drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
@@ -202,12 +281,20 @@ def predict(cfg, files, output_dir, classes, score_thresh):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    return run_tool("predict", lambda: run(args), debug=args.debug or None)
+
+
+def run(args):
     setup_logger(name="focal_rpn")
     setup_logger(name="detectron2", abbrev_name="d2")
+    check_output_dir(args.output, resume=args.overwrite, option="--output",
+                     resume_flag="--overwrite", resume_means="replace them",
+                     markers=("predictions.json",), what="the predictions of an earlier run")
     cfg = setup_cfg(args)
     files = list_inputs(args.input)
-    classes = class_names(cfg, args.dataset_name)
-    results = predict(cfg, files, args.output, classes, args.score_thresh)
+    predictor = build_predictor(cfg)
+    classes = class_names(cfg, args.dataset_name, cfg.MODEL.WEIGHTS)
+    results = predict(cfg, files, args.output, classes, args.score_thresh, predictor)
     out = os.path.join(args.output, "predictions.json")
     with open(out, "w") as f:  # one image per line
         f.write("[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n")

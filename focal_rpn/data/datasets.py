@@ -32,6 +32,8 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
+from . import coco_checks
+
 logger = logging.getLogger(__name__)
 
 #: How to run without any downloaded data (quoted by errors about missing datasets).
@@ -106,15 +108,19 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> str:
     num_degenerate = validate_coco_json(coco, json_file, image_root)
     if num_degenerate:
         _warn_degenerate(name, json_file, num_degenerate)
+    # sizes and modes of the image files (headers only); 16-bit etc. are read from 8-bit copies
+    modes = coco_checks.inspect_image_files(coco["images"], json_file, image_root)
 
     categories = sorted(coco["categories"], key=lambda c: c["id"])
-    DatasetCatalog.register(name, lambda: load_checked_coco_json(json_file, image_root, name))
+    DatasetCatalog.register(name, lambda: coco_checks.use_8bit_copies(
+        load_checked_coco_json(json_file, image_root, name), modes, name, json_file))
     MetadataCatalog.get(name).set(
         json_file=json_file,
         image_root=image_root,
         evaluator_type="coco",
         thing_classes=[c["name"] for c in categories],
         thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories)},
+        annotation_counts=coco_checks.usable_annotation_count(coco, _is_degenerate),
     )
     logger.info(
         f"Registered dataset {name!r}: {len(coco['images'])} images, "
@@ -201,6 +207,7 @@ def validate_coco_json(coco: dict, json_file: str, image_root: Optional[str] = N
         raise DatasetError(f"{json_file!r}: 'categories' is empty (at least one class needed)")
 
     sizes: Dict[int, tuple] = {}
+    coco_checks.check_unique_images(coco["images"], json_file)
     for i, img in enumerate(coco["images"]):
         image_id = _require(json_file, f"images[{i}]", img, "id", int)
         what = f"image id {image_id}"
@@ -211,9 +218,17 @@ def validate_coco_json(coco: dict, json_file: str, image_root: Optional[str] = N
         )
 
     num_degenerate = 0
+    ann_index: Dict[int, int] = {}
     for i, ann in enumerate(coco["annotations"]):
         ann_id = _require(json_file, f"annotations[{i}]", ann, "id", int)
         what = f"annotation id {ann_id}"
+        if ann_id in ann_index:
+            j = ann_index[ann_id]
+            raise DatasetError(
+                f"{json_file!r}: annotation id {ann_id} appears twice: annotations[{j}] "
+                f"(image_id {coco['annotations'][j].get('image_id')}) and annotations[{i}] "
+                f"(image_id {ann.get('image_id')}); give every annotation a unique id")
+        ann_index[ann_id] = i
         cid = _require(json_file, what, ann, "category_id", int)
         if cid not in category_ids:
             raise DatasetError(
@@ -452,3 +467,28 @@ class CheckedDatasetMapper(DatasetMapper):
                 f"{dataset_dict.get('image_id')!r}): {type(e).__name__}: {e}. The file is "
                 "missing or corrupt: restore it, or remove it from the dataset's json."
             ) from e
+
+
+def check_trainable(cfg) -> None:
+    """Raise DatasetError if a DATASETS.TRAIN dataset registered here has no usable box
+    (all degenerate or crowd): detectron2 would stop with ``AssertionError: No valid data``."""
+    coco_checks.check_trainable(list(cfg.DATASETS.TRAIN), MetadataCatalog.get)
+
+
+def check_test_classes(cfg) -> None:
+    """Raise DatasetError if the model predicts more classes than a DATASETS.TEST dataset has
+    (``--eval-only``): detectron2's COCO evaluator would stop at the first prediction of another
+    class with ``AssertionError: A prediction has class=...``."""
+    key, value = num_classes_key(cfg), num_classes_value(cfg)
+    if key is None:
+        return
+    for name in cfg.DATASETS.TEST:
+        if name not in MetadataCatalog.list():
+            continue
+        classes = getattr(MetadataCatalog.get(name), "thing_classes", None)
+        if classes is not None and value > len(classes):
+            raise DatasetError(
+                f"{key} is {value}, but test dataset {name!r} has {len(classes)} classes "
+                f"({', '.join(classes[:10])}): predictions of the other classes cannot be "
+                "evaluated. Evaluate weights trained on data with these classes, with the config "
+                f"of that run (its {key})")

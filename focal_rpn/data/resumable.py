@@ -205,7 +205,7 @@ def build_resumable_train_loader(cfg, mapper, dataset=None) -> ResumableTrainLoa
     world_size = comm.get_world_size()
     if total % world_size:
         raise ValueError(f"SOLVER.IMS_PER_BATCH {total} is not divisible by the number of "
-                         f"processes {world_size}")
+                         f"processes {world_size}: set it to a multiple of {world_size}")
     return ResumableTrainLoader(
         SeededMapDataset(dicts, kwargs["mapper"], sampler), sampler, total,
         aspect_ratio_grouping=kwargs["aspect_ratio_grouping"], num_workers=kwargs["num_workers"])

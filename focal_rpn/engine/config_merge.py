@@ -15,7 +15,8 @@ class ConfigError(ValueError):
     """A config file or option is invalid; the message names the file / option and the key."""
 
 
-_UNKNOWN_KEY = re.compile(r"Non-existent config key: (\S+)")
+# yacs: "Non-existent config key: K" (merge_from_file), "Non-existent key: K" (merge_from_list)
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 
 
 def _config_keys(cfg, prefix="") -> List[str]:
@@ -87,10 +88,24 @@ def merge_config_opts(cfg, opts: List[str]) -> None:
     opts = [v if i % 2 == 0 else _int_as_float(cfg, opts[i - 1], v) for i, v in enumerate(opts)]
     try:
         cfg.merge_from_list(opts)
-    except KeyError as e:
+    except (KeyError, AssertionError) as e:
         message = _unknown_key_message(cfg, e)
-        if message is None:
+        if message is not None:
+            raise ConfigError(f"command-line option: {message}") from None
+        if isinstance(e, KeyError):
             raise
-        raise ConfigError(f"command-line option: {message}") from None
-    except (ValueError, AssertionError) as e:
-        raise ConfigError(f"command-line options {opts}: {e}") from None
+        raise ConfigError(f"command-line {_option_of(opts, e)}: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"command-line {_option_of(opts, e)}: {e}") from None
+
+
+def _option_of(opts: List[str], err: Exception) -> str:
+    """"option KEY VALUE" of the pair that ``err`` (a yacs message naming the key) is about,
+    else "options [all of them]"."""
+    match = re.search(r"config key: (\S+)", str(err))
+    if match:
+        keys = opts[0::2]
+        if match.group(1) in keys:
+            i = keys.index(match.group(1))
+            return f"option {opts[2 * i]} {opts[2 * i + 1]}"
+    return f"options {opts}"

@@ -6,7 +6,6 @@ import re
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks
@@ -31,10 +30,14 @@ from ..evaluation import (
 from ..layers import use_fast_roi_align
 from .budget import TimeBudget, check_time_budget, scheduler_with_max_iter
 from .checkpoint import AtomicCheckpointer
+from .config_checks import check_config
 from .config_merge import ConfigError, merge_config_file, merge_config_opts
 from .guards import GracefulInterrupt, IterationSeeder, NonFiniteLossGuard
 from .hooks import PredictionVisualizer, RunStats
 from .optim import build_optimizer, check_optimizer_config
+from .output_dir import check_output_dir, check_resume
+from .threads import StepTimeWatch, add_threads_argument, configure_threads
+from .weights import load_matching_weights, write_run_classes
 
 logger = logging.getLogger("focal_rpn.engine")
 
@@ -54,6 +57,9 @@ def build_argument_parser(epilog=None):
         help="register a COCO-format dataset NAME (annotations JSON, image folder); repeatable. "
              "Use it with opts, e.g. DATASETS.TRAIN '(\"NAME\",)' DATASETS.TEST '(\"NAME2\",)'",
     )
+    add_threads_argument(parser)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of errors in the input (also: FOCAL_RPN_DEBUG=1)")
     return parser
 
 
@@ -73,6 +79,7 @@ def build_config(args):
         check_time_budget(cfg.SOLVER.TIME_BUDGET_MINUTES)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_config(cfg)  # every focal_rpn value, registered model names
     return cfg
 
 
@@ -87,10 +94,13 @@ def setup(args):
         device_note = f"CUDA is unavailable: MODEL.DEVICE {cfg.MODEL.DEVICE!r} -> 'cpu'"
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    # before default_setup writes config.yaml: never mix a new run into a finished one
+    check_output_dir(cfg.OUTPUT_DIR, resume=args.resume or args.eval_only)
     default_setup(cfg, args)
     # focal_rpn's own messages (time budget, dataset generation, ...) beside detectron2's
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_rpn",
                  abbrev_name="focal_rpn")
+    configure_threads(getattr(args, "threads", "auto"), processes=comm.get_local_size())
     if device_note:
         logging.getLogger("detectron2").warning(device_note)
     return cfg
@@ -126,6 +136,11 @@ def prepare_datasets(cfg, args):
     register_synthetic_datasets(names)
     datasets.require_builtin_datasets(cfg)
     datasets.check_num_classes(cfg, names)
+    if getattr(args, "eval_only", False):
+        datasets.check_test_classes(cfg)
+    else:
+        datasets.check_trainable(cfg)
+        write_run_classes(cfg)  # beside the weights, for tools/predict.py
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -248,6 +263,8 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         """detectron2's resume_or_load, then the data stream restarts where the checkpoint
         stopped (stream position start_iter x IMS_PER_BATCH, the checkpoint's seed)."""
+        if resume:
+            check_resume(self.cfg.OUTPUT_DIR)  # warns / names what is there
         super().resume_or_load(resume=resume)
         stream = getattr(self.data_loader, "resumable_stream", None)
         if stream is None:
@@ -359,13 +376,14 @@ def main(args):
     prepare_datasets(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        weights = (check_resume(cfg.OUTPUT_DIR) if args.resume else None) or cfg.MODEL.WEIGHTS
+        load_matching_weights(model, weights, cfg)  # every parameter, same shapes
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
     else:
         trainer = Trainer(cfg)
+        trainer.register_hooks([StepTimeWatch()])
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
         # DefaultTrainer.train returns them only with TEST.EXPECTED_RESULTS set

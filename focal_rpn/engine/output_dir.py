@@ -1,0 +1,125 @@
+"""Never mix two runs in one output folder; say where a resume really starts from.
+
+``check_output_dir(path, resume=...)``
+    Before a tool writes anything: a folder that holds the results of an earlier run (files
+    matching ``markers``: by default a training run's ``model_final.pth``, ``model_*.pth``,
+    ``last_checkpoint``, ``metrics.json``, ``eval_results.json``) is refused with
+    ``OutputDirError`` unless ``resume`` is true. The message names the folder, what it holds and
+    the two ways out: the resume flag, or a new folder (a free name is suggested). A folder with
+    only a log or config (a run that failed while starting) is not a finished run. A path that is
+    an existing file is refused too.
+
+    The same function serves other tools: pass their own ``markers``, ``option`` (how the
+    folder was given, e.g. ``"--output"``), ``resume_flag`` and what it does, ``resume_means``
+    (e.g. ``"--overwrite"``, ``"replace it"``), or ``resume_flag=None`` when the tool has no
+    such flag.
+
+``check_resume(path)``
+    For ``--resume``: a warning naming the folder when it does not exist or has no
+    ``last_checkpoint`` (training then starts from MODEL.WEIGHTS; sibling folders that do hold
+    checkpoints are listed, for a mistyped name); ``CheckpointLoadError`` when
+    ``last_checkpoint`` is empty or names a file that is missing, listing the checkpoints that
+    exist.
+"""
+import fnmatch
+import glob
+import logging
+import os
+from typing import List, Optional, Sequence
+
+from .user_errors import UserError
+
+logger = logging.getLogger(__name__)
+
+#: files that mark a folder holding the results of a training run (fnmatch patterns)
+TRAINING_RUN_MARKERS = ("model_final.pth", "model_*.pth", "last_checkpoint", "metrics.json",
+                        "eval_results.json")
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+class OutputDirError(UserError, ValueError):
+    """An output folder holds an earlier run (or is a file); the message says how to go on."""
+
+
+def run_files(path: str, markers: Sequence[str] = TRAINING_RUN_MARKERS) -> List[str]:
+    """The names of the files directly in ``path`` that match ``markers`` (sorted)."""
+    if not os.path.isdir(path):
+        return []
+    names = os.listdir(path)
+    return sorted(n for n in names if any(fnmatch.fnmatch(n, m) for m in markers))
+
+
+def free_folder_name(path: str) -> str:
+    """``path`` with the first of ``_2``, ``_3``, ... appended that does not exist."""
+    base = os.path.normpath(path)
+    i = 2
+    while os.path.exists(f"{base}_{i}"):
+        i += 1
+    return f"{base}_{i}"
+
+
+def check_output_dir(path: str, *, resume: bool, option: str = "OUTPUT_DIR",
+                     resume_flag: Optional[str] = "--resume",
+                     markers: Sequence[str] = TRAINING_RUN_MARKERS,
+                     what: str = "a training run", resume_means: str = "continue it") -> None:
+    """Raise ``OutputDirError`` if ``path`` is a file, or holds ``what`` (files matching
+    ``markers``) and ``resume`` is false. See the module docstring."""
+    if not path:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputDirError(f"{option} {path!r} is an existing file, not a folder: "
+                             f"give a folder (e.g. {option} {free_folder_name(path)})")
+    if resume:
+        return
+    found = run_files(path, markers)
+    if not found:
+        return
+    shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+    ways = [f"{resume_means} with {resume_flag}"] if resume_flag else []
+    ways.append(f"choose a new folder, e.g. {option} {free_folder_name(path)}")
+    raise OutputDirError(
+        f"{option} {path!r} already holds {what} ({shown}); running again into it would replace "
+        f"its results and mix them with the new ones. Either " + ", or ".join(ways) + ".")
+
+
+def _checkpoints(path: str) -> List[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(path), "*.pth")))
+
+
+def _siblings_with_checkpoints(path: str) -> List[str]:
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(parent):
+        return []
+    return sorted(os.path.join(parent, d) for d in os.listdir(parent)
+                  if os.path.isfile(os.path.join(parent, d, LAST_CHECKPOINT)))[:5]
+
+
+def check_resume(path: str) -> Optional[str]:
+    """What ``--resume`` into ``path`` will load: the checkpoint file named by
+    ``last_checkpoint``, or None (with a warning naming the folder) when there is nothing to
+    resume. Raises ``CheckpointLoadError`` when ``last_checkpoint`` is empty or names a
+    missing file."""
+    from .checkpoint import CheckpointLoadError
+
+    tag = os.path.join(path, LAST_CHECKPOINT)
+    if not os.path.isfile(tag):
+        state = "does not exist" if not os.path.exists(path) else (
+            "is empty" if os.path.isdir(path) and not os.listdir(path) else
+            "has no last_checkpoint file")
+        siblings = _siblings_with_checkpoints(path)
+        hint = f" Folders beside it that hold checkpoints: {siblings}." if siblings else ""
+        logger.warning(f"--resume: OUTPUT_DIR {path!r} {state}, so there is nothing to resume: "
+                       f"training starts from MODEL.WEIGHTS at iteration 0. Is the folder name "
+                       f"right?{hint}")
+        return None
+    with open(tag) as f:
+        name = f.read().strip()
+    existing = _checkpoints(path)
+    listed = (f"checkpoints in the folder: {existing}; to resume from one, write its file name "
+              f"into {tag}" if existing else "the folder holds no checkpoint (*.pth)")
+    if not name:
+        raise CheckpointLoadError(f"--resume: {tag} is empty, so it names no checkpoint; {listed}")
+    target = os.path.join(path, name)
+    if not os.path.isfile(target):
+        raise CheckpointLoadError(f"--resume: {tag} names {name!r}, which does not exist; {listed}")
+    return target
