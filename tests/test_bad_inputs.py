@@ -575,11 +575,10 @@ def test_image_read_error_in_training_is_one_message_without_traceback(tmp_path)
 # ----------------------------------------------------------------------------- CPU threads
 
 
-def test_auto_threads_take_the_free_cores():
-    assert auto_threads(cpus=2, load=0.0) == 2
-    assert auto_threads(cpus=2, load=1.1) == 1  # one other busy process
-    assert auto_threads(cpus=2, load=5.0) == 1  # never fewer than 1
-    assert auto_threads(cpus=16, load=4.0, processes=2) == 6
+def test_auto_threads_share_the_cpus_among_the_local_processes():
+    assert auto_threads(cpus=2) == 2
+    assert auto_threads(cpus=16, processes=2) == 8
+    assert auto_threads(cpus=2, processes=4) == 1  # never fewer than 1
 
 
 def test_threads_option_sets_torch_threads():

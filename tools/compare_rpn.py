@@ -9,8 +9,12 @@ proposal_recall.png, rpn_losses.png, losses.png, <model>/seed<S>/).
     tools/compare_rpn.py --configs R50 --dataset mine=ann.json:imgs \\
         --dataset-train mine --dataset-test mine MODEL.ROI_HEADS.NUM_CLASSES 3
 
-Default seeds: see --seeds (the most that fit the whole default comparison in about 45 minutes
-on this project's 2-core CPU machines; README, "FL-RPN against standard Faster R-CNN").
+Default: 3 seeds (9 runs of 600 iterations). Measured on 2026-12-01 on a 2-core AMD EPYC VM
+(AVX-512) that other jobs were sharing: 66 minutes (0.54-0.91 s per iteration). Where the step
+takes about 0.33 s (a VM that runs `make demo` at 0.38 s per iteration) that is about 40
+minutes, inside the 45 minutes this default is sized for; on a slower or busy machine pass
+--seeds 0,1 (6 runs, about 44 minutes on that shared VM). README, "FL-RPN against standard
+Faster R-CNN: a real run".
 """
 import argparse
 import os
@@ -34,8 +38,7 @@ CONFIG_SETS = {
         ("FL-RPN softmax", "configs/faster_rcnn_R50_FL-RPN_softmax.yaml"),
     ],
 }
-#: Seeds of the default comparison: 3 runs x 3 seeds of the quick recipe fit in 45 minutes
-#: on the machines this was measured on (README).
+#: Seeds of the default comparison (see the module docstring for its measured duration).
 DEFAULT_SEEDS = "0,1,2"
 
 

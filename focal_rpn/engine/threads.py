@@ -7,9 +7,11 @@ core is busy: a training step of the quick recipe went from 0.084 s (1 thread) t
 
 * ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning) is set by
   ``tools/train_net.py`` before torch loads OpenMP, unless the variable is already set;
-* ``--threads N`` sets ``torch.set_num_threads(N)``; the default ``auto`` takes the cores that
-  are free now: the CPUs this process may run on (``os.sched_getaffinity``) minus the 1-minute
-  load average (other processes), divided among this machine's training processes, at least 1.
+* ``--threads N`` sets ``torch.set_num_threads(N)``; the default ``auto`` takes the CPUs this
+  process may run on (``os.sched_getaffinity``) divided among this machine's training processes,
+  at least 1. It does not subtract the load average: that lags by a minute (a run started right
+  after another, or after ``make install``, would train on one core of a free machine), and with
+  passive waiting two threads were no slower than one on a loaded machine (README).
   ``OMP_NUM_THREADS`` in the environment wins over ``auto`` (an explicit choice);
 * ``StepTimeWatch`` (a hook) warns once when the step time jumps to several times the fastest
   steps seen, naming the likely cause (competing processes) and the fix (``--threads``).
@@ -44,13 +46,10 @@ def busy_cpus() -> float:
         return 0.0
 
 
-def auto_threads(cpus: Optional[int] = None, load: Optional[float] = None,
-                 processes: int = 1) -> int:
-    """Threads per process: the free cores (``cpus - load``, rounded) shared by ``processes``."""
+def auto_threads(cpus: Optional[int] = None, processes: int = 1) -> int:
+    """Threads per process: the CPUs this process may use, shared by ``processes``."""
     cpus = available_cpus() if cpus is None else cpus
-    load = busy_cpus() if load is None else load
-    free = int(round(cpus - load))
-    return max(1, min(cpus, free) // max(1, processes))
+    return max(1, cpus // max(1, processes))
 
 
 def parse_threads(value) -> Optional[int]:
@@ -77,7 +76,7 @@ def configure_threads(value=AUTO, processes: int = 1, environ=None) -> int:
         n, why = int(environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
     else:
         cpus, load = available_cpus(), busy_cpus()
-        n = auto_threads(cpus, load, processes)
+        n = auto_threads(cpus, processes)
         why = (f"auto: {cpus} CPUs, load average {load:.1f}"
                + (f", {processes} processes" if processes > 1 else ""))
     torch.set_num_threads(n)
@@ -89,8 +88,8 @@ def configure_threads(value=AUTO, processes: int = 1, environ=None) -> int:
 def add_threads_argument(parser) -> None:
     parser.add_argument(
         "--threads", default=AUTO, metavar="N|auto",
-        help="CPU threads per process (default auto: the cores not busy with other processes; "
-             "OMP_NUM_THREADS, if set, wins over auto)")
+        help="CPU threads per process (default auto: the CPUs this process may use, shared by "
+             "the local training processes; OMP_NUM_THREADS, if set, wins over auto)")
 
 
 class StepTimeWatch(HookBase):
