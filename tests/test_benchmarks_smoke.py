@@ -21,7 +21,10 @@ def test_run_quick_prints_a_row_per_case_of_every_suite(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     cases = [r["case"] for r in rows]
-    assert sum(c.startswith("sigmoid focal") for c in cases) == 3
+    assert sum(c.startswith("sigmoid focal fwd+bwd") for c in cases) == 3
+    # the dense-target drop-in: 0/1 and soft targets, each at trained and initial logits
+    assert sum(c.startswith("sigmoid focal dense 0/1") for c in cases) == 2
+    assert sum(c.startswith("sigmoid focal soft-target") for c in cases) == 2
     assert sum(c.startswith("softmax focal") for c in cases) == 1
     for case in ("retinanet_train", "retinanet_infer", "fl_rpn_sigmoid_train",
                  "fl_rpn_softmax_train"):
