@@ -4,7 +4,8 @@ Pure functions of tensors (no detectron2 state):
 
 * :func:`sigmoid_focal_loss` -- dense targets, the drop-in equivalent of fvcore's
   ``sigmoid_focal_loss`` (same signature and values), numerically stable and usable with
-  float16 / bfloat16 inputs.
+  float16 / bfloat16 inputs; 0/1 targets are routed to the label kernel below, soft targets
+  to a fused closed-form kernel of their own.
 * :func:`sigmoid_focal_loss_with_labels` -- the fast path used by the models: integer labels
   instead of one-hot targets, a custom autograd Function whose gradient is computed in closed
   form during the forward pass, in cache-sized row chunks.
@@ -164,6 +165,12 @@ def sigmoid_focal_loss(
 
     Finite for logits of any finite magnitude (e.g. +-1e4); gradients are finite too, also at
     ``p_t = 1`` with gamma = 0 or gamma < 1.
+
+    Computed by fused kernels with the gradient in closed form (``once_differentiable``):
+    targets of only 0 and 1 with at most ``SPARSE_TARGET_FRACTION`` ones (detection) go to the
+    kernel of :func:`sigmoid_focal_loss_with_labels` at their positions (found with two passes
+    over the targets and two host synchronisations); other targets to the soft-target kernel.
+    Targets that require a gradient go through the plain composition of autograd ops.
     """
     fn = "sigmoid_focal_loss"
     _check_float(fn, "logits", logits)
@@ -173,6 +180,11 @@ def sigmoid_focal_loss(
         raise ValueError(
             f"{fn}: targets has shape {tuple(targets.shape)}; expected the shape of logits "
             f"{tuple(logits.shape)}"
+        )
+    if targets.device != logits.device:
+        raise ValueError(
+            f"{fn}: targets is on {targets.device} but logits on {logits.device}; "
+            "expected the same device"
         )
     alpha, gamma = _check_alpha_gamma(fn, alpha, gamma)
     _check_reduction(fn, reduction)

@@ -184,3 +184,11 @@ def test_without_grad_same_value_and_no_graph():
         b = sigmoid_focal_loss(x, t, reduction="mean")
         assert a.grad_fn is None and b.grad_fn is not None
         torch.testing.assert_close(a, b.detach())
+
+
+def test_targets_on_another_device_or_shape_are_refused_with_a_message():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"targets has shape \(4, 2\); expected the shape"):
+        sigmoid_focal_loss(x, torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="targets is on meta but logits on cpu"):
+        sigmoid_focal_loss(x, torch.zeros(4, 3, device="meta"))
