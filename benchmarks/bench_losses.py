@@ -1,7 +1,9 @@
 """Benchmark of focal_rpn.losses against fvcore / torchvision / a plain composition.
 
 Forward + backward at RetinaNet scale: R = 120,000 anchors (times ``scale``) x 80 classes
-(sigmoid, labels in [0, 80], about 1% positives) or x 81 classes (softmax, background last).
+(sigmoid, labels in [0, 80], about 1% positives) or x 81 classes (softmax, background last);
+and ``sigmoid_focal_loss`` with dense targets, the fvcore drop-in: 0/1 targets with 300 ones
+and soft targets uniform in [0, 1], logits N(-5, 1) (trained) and N(0, 1) (start of training).
 
     .venv/bin/python benchmarks/bench_losses.py [--scale 1.0] [--repeats 5] [--device cpu]
 
@@ -26,7 +28,7 @@ from typing import Callable, Dict, List
 import torch
 import torch.nn.functional as F
 
-from focal_rpn.losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
+from focal_rpn.losses import sigmoid_focal_loss, sigmoid_focal_loss_with_labels, softmax_focal_loss
 
 NUM_CLASSES = 80
 BASE_ROWS = 120_000
@@ -145,6 +147,7 @@ def run(scale: float = 1.0, repeats: int = 5, device: str = "cpu") -> List[Dict]
     ):
         base = _fwd_bwd(lambda x, fn=fn: fn(x, targets, 0.25, 2.0, "sum"), logits)
         rows.append(pair_row(name, ours, baseline, base, repeats, dev))
+    rows += dense_rows(R, K, gen, repeats, dev, fv_sigmoid)
 
     C = K + 1
     logits_c = (torch.randn(R, C, generator=gen) * 2.0).to(dev)
@@ -161,6 +164,31 @@ def run(scale: float = 1.0, repeats: int = 5, device: str = "cpu") -> List[Dict]
             dev,
         )
     )
+    return rows
+
+
+#: Logits of the dense-target rows: a trained detector's (its negatives at -4 to -6) and those at
+#: the start of training (around 0).
+DENSE_LOGITS = (("N(-5,1)", -5.0), ("N(0,1)", 0.0))
+DENSE_POSITIVES = 300  # 0/1 targets: positives among the R x K entries, as in the issue
+
+
+def dense_rows(R, K, gen, repeats, dev, fv_sigmoid) -> List[Dict]:
+    """``sigmoid_focal_loss`` with dense (R, K) targets against fvcore's, forward + backward,
+    reduction "sum", alpha 0.25, gamma 2: 0/1 targets (DENSE_POSITIVES ones, the user
+    migrating fvcore code) and soft targets (uniform in [0, 1]), for each of DENSE_LOGITS."""
+    rows = []
+    for dist, mean in DENSE_LOGITS:
+        logits = (torch.randn(R, K, generator=gen) + mean).to(dev)
+        binary = torch.zeros(R * K)
+        binary[torch.randperm(R * K, generator=gen)[:DENSE_POSITIVES]] = 1.0
+        soft = torch.rand(R, K, generator=gen)
+        for kind, targets in (("0/1", binary.view(R, K).to(dev)), ("soft", soft.to(dev))):
+            ours = _fwd_bwd(lambda x, t=targets: sigmoid_focal_loss(x, t, 0.25, 2.0, "sum"), logits)
+            base = _fwd_bwd(lambda x, t=targets: fv_sigmoid(x, t, 0.25, 2.0, "sum"), logits)
+            case = "sigmoid focal " + ("soft-target" if kind == "soft" else "dense 0/1")
+            rows.append(pair_row(f"{case} fwd+bwd {R}x{K} logits {dist}", ours,
+                                 "fvcore.nn.sigmoid_focal_loss", base, repeats, dev))
     return rows
 
 

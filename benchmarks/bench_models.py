@@ -10,6 +10,17 @@ COCO, random 256 x 256 images with 7 random ground-truth boxes each, as COCO's m
 * ``retinanet_infer``: the same two models in eval mode under ``torch.no_grad()``, batch 4.
 * ``fl_rpn_sigmoid_train`` / ``fl_rpn_softmax_train``: Faster R-CNN R18-FPN with FocalRPN vs
   with detectron2's standard ``RPN`` (same cfg otherwise), training step, batch 8.
+* ``faster_rcnn_recipe_train``: the CPU Faster R-CNN recipe of the comparison
+  (``configs/quick_faster_rcnn_R18.yaml``, read when the case runs: its backbone, widths,
+  classes, batch ``SOLVER.IMS_PER_BATCH``, image size ``INPUT.MIN_SIZE_TRAIN`` and optimizer),
+  end to end: the model of ``focal_rpn.engine.Trainer.build_model`` (FastROIAlign and the rest)
+  vs the model of detectron2's ``DefaultTrainer.build_model``, same weights and inputs, one
+  training step each with the recipe's optimizer (``Trainer.build_optimizer`` for both: stock
+  detectron2 has no AdamW) at learning rate 0.
+* ``faster_rcnn_recipe_infer``: the same two models behind detectron2's ``DefaultPredictor``
+  (its resize and format conversion; its ``model`` is the Trainer-built one for ours), one
+  random ``INPUT.MIN_SIZE_TEST`` BGR image per call; ms per image, images per second in the
+  JSON (``ours_images_per_s``, ``baseline_images_per_s``).
 
 Timing: both models of a case live in one process; after warm-up steps, ours and the baseline
 run alternately (ours first on even repeats, the baseline first on odd ones) so that drift of a
@@ -99,6 +110,19 @@ def describe(scale: float = 1.0) -> str:
     return f"models: ResNet-18 FPN (32 ch, 1 head conv), {NUM_CLASSES} classes, {size}x{size} px"
 
 
+def describe_recipe(scale: float = 1.0) -> str:
+    """One line naming the recipe cases' configuration, as read from RECIPE_CONFIG now."""
+    cfg = recipe_cfg(scale)
+    return (
+        f"faster_rcnn_recipe: configs/{RECIPE_CONFIG}: {cfg.MODEL.BACKBONE.NAME}, "
+        f"R{cfg.MODEL.RESNETS.DEPTH} (stem {cfg.MODEL.RESNETS.STEM_OUT_CHANNELS} ch), "
+        f"FPN {cfg.MODEL.FPN.OUT_CHANNELS} ch on {','.join(cfg.MODEL.RPN.IN_FEATURES)}, "
+        f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} classes, batch {cfg.SOLVER.IMS_PER_BATCH} of "
+        f"{cfg.INPUT.MIN_SIZE_TRAIN[0]} px, {cfg.SOLVER.OPTIMIZER}; inference "
+        f"{cfg.INPUT.MIN_SIZE_TEST} px, 1 image per DefaultPredictor call"
+    )
+
+
 def build_cfg(config_file, opts=(), scale=1.0, device="cpu"):
     from detectron2.config import get_cfg
 
@@ -135,7 +159,7 @@ def build_cfg(config_file, opts=(), scale=1.0, device="cpu"):
     return cfg
 
 
-def make_inputs(num_images, size, train=True, seed=0, device="cpu"):
+def make_inputs(num_images, size, train=True, seed=0, device="cpu", num_classes=NUM_CLASSES):
     """detectron2 inputs: random uint8-valued float CHW images, random boxes and classes."""
     from detectron2.structures import Boxes, Instances
 
@@ -151,7 +175,7 @@ def make_inputs(num_images, size, train=True, seed=0, device="cpu"):
             boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1)
             instances = Instances((size, size))
             instances.gt_boxes = Boxes(boxes.to(device))
-            instances.gt_classes = torch.randint(0, NUM_CLASSES, (n,), generator=g).to(device)
+            instances.gt_classes = torch.randint(0, num_classes, (n,), generator=g).to(device)
             item["instances"] = instances
         inputs.append(item)
     return inputs
@@ -207,14 +231,14 @@ def build_one(case, variant, scale=1.0, device="cpu"):
 class Step:
     """A callable that runs one training step (or one inference) of ``model``."""
 
-    def __init__(self, model, mode, inputs):
+    def __init__(self, model, mode, inputs, optimizer=None):
         self.model = model
         self.mode = mode
         self.inputs = inputs
         if mode == "train":
             model.train()
             params = [p for p in model.parameters() if p.requires_grad]
-            self.optimizer = torch.optim.SGD(
+            self.optimizer = optimizer or torch.optim.SGD(
                 params, lr=LEARNING_RATE, momentum=0.9, weight_decay=1e-4
             )
         else:
@@ -256,6 +280,107 @@ def time_alternating(step_ours, step_base, repeats, warmup=2, device="cpu"):
             _sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times["ours"]), statistics.median(times["base"])
+
+
+#: The CPU Faster R-CNN recipe of the comparison (tools/compare_rpn.py), read at run time.
+RECIPE_CONFIG = "quick_faster_rcnn_R18.yaml"
+RECIPE_CASES = ("faster_rcnn_recipe_train", "faster_rcnn_recipe_infer")
+RECIPE_BASELINES = {
+    "faster_rcnn_recipe_train": "d2 DefaultTrainer model",
+    "faster_rcnn_recipe_infer": "d2 DefaultPredictor, stock model",
+}
+
+
+def recipe_cfg(scale=1.0, device="cpu"):
+    """The recipe's config as train_net reads it (detectron2's defaults, focal_rpn's nodes, the
+    file), on ``device``, random weights, learning rate 0 (repeated steps stay comparable).
+    ``scale < 1`` (smoke tests): 2 images of 128 px."""
+    from detectron2.config import get_cfg
+
+    import focal_rpn
+
+    cfg = get_cfg()
+    focal_rpn.add_focal_rpn_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, RECIPE_CONFIG))
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, "SOLVER.BASE_LR", 0.0])
+    if scale < 1.0:
+        cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", 2, "INPUT.MIN_SIZE_TRAIN", (128,),
+                             "INPUT.MAX_SIZE_TRAIN", 128, "INPUT.MIN_SIZE_TEST", 128,
+                             "INPUT.MAX_SIZE_TEST", 128])
+    return cfg
+
+
+def build_recipe_pair(cfg):
+    """(ours, stock): ``focal_rpn.engine.Trainer.build_model(cfg)`` and detectron2's
+    ``DefaultTrainer.build_model(cfg)``, the stock one loaded with ours' weights (strict)."""
+    from detectron2.engine import DefaultTrainer
+
+    from focal_rpn.engine import Trainer
+
+    torch.manual_seed(0)
+    ours = Trainer.build_model(cfg)
+    torch.manual_seed(0)
+    base = DefaultTrainer.build_model(cfg)
+    base.load_state_dict(ours.state_dict(), strict=True)
+    return ours, base
+
+
+class PredictorStep:
+    """One ``DefaultPredictor`` call per image of ``images`` (HWC uint8 BGR numpy arrays)."""
+
+    def __init__(self, cfg, model, images):
+        from detectron2.engine import DefaultPredictor
+
+        self.predictor = DefaultPredictor(cfg)
+        model.eval()
+        self.predictor.model = model  # its own stock model for the baseline, ours otherwise
+        self.images = images
+
+    def __call__(self):
+        for image in self.images:
+            self.predictor(image)
+
+
+def recipe_rows(scale=1.0, repeats=5, device="cpu"):
+    """The rows of RECIPE_CASES (no memory columns)."""
+    import numpy as np
+
+    from focal_rpn.engine import Trainer
+
+    cfg = recipe_cfg(scale, device)
+    ours, base = build_recipe_pair(cfg)
+    size = cfg.INPUT.MIN_SIZE_TRAIN[0]
+    batch = cfg.SOLVER.IMS_PER_BATCH
+    inputs = make_inputs(batch, size, True, 0, device, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    warmup = 2 if scale >= 1.0 else 1
+    rows = []
+    steps = [Step(m, "train", inputs, Trainer.build_optimizer(cfg, m)) for m in (ours, base)]
+    ours_ms, base_ms = time_alternating(*steps, repeats, warmup=warmup, device=device)
+    rows.append(_row("faster_rcnn_recipe_train", ours_ms, base_ms))
+    del steps
+    g = np.random.default_rng(0)
+    test_size = cfg.INPUT.MIN_SIZE_TEST
+    images = [g.integers(0, 256, (test_size, test_size, 3), dtype=np.uint8) for _ in range(batch)]
+    stock_predictor_cfg = cfg.clone()
+    steps = [PredictorStep(cfg, ours, images), PredictorStep(stock_predictor_cfg, base, images)]
+    ours_ms, base_ms = time_alternating(*steps, repeats, warmup=warmup, device=device)
+    row = _row("faster_rcnn_recipe_infer", ours_ms / len(images), base_ms / len(images))
+    row["ours_images_per_s"] = 1e3 / row["ours_ms"]
+    row["baseline_images_per_s"] = 1e3 / row["baseline_ms"]
+    rows.append(row)
+    return rows
+
+
+def _row(case, ours_ms, base_ms):
+    return {
+        "case": case,
+        "ours_ms": ours_ms,
+        "baseline": RECIPE_BASELINES.get(case) or BASELINE_NAMES[case],
+        "baseline_ms": base_ms,
+        "ratio": ours_ms / base_ms,
+        "ours_peak_mb": float("nan"),
+        "baseline_peak_mb": float("nan"),
+    }
 
 
 def _measure_peak(case, variant, scale, device):
@@ -303,7 +428,8 @@ def run(scale=1.0, repeats=5, cases=None, device=None, memory=True):
     ours_rss_mb, baseline_rss_mb} (the memory keys NaN without ``memory``)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
-    for case in cases or CASES:
+    cases = list(cases or CASES + RECIPE_CASES)
+    for case in [c for c in cases if c not in RECIPE_CASES]:
         mode = _cases()[case][2]
         ours, base = build_pair(case, scale, device)
         inputs = make_inputs(batch_size(case, scale), image_size(scale), mode == "train", 0, device)
@@ -328,6 +454,8 @@ def run(scale=1.0, repeats=5, cases=None, device=None, memory=True):
                 row[f"{variant}_peak_mb"] = peaks["peak_mb"]
                 row[f"{variant}_rss_mb"] = peaks["rss_mb"]
         rows.append(row)
+    if any(case in RECIPE_CASES for case in cases):
+        rows += [r for r in recipe_rows(scale, repeats, device) if r["case"] in cases]
     return rows
 
 
@@ -337,7 +465,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--cases", nargs="*", default=None, choices=CASES)
+    parser.add_argument("--cases", nargs="*", default=None, choices=CASES + RECIPE_CASES)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -12,6 +12,9 @@ them through ``WinogradConv2d``):
 
     .venv/bin/python benchmarks/bench_winograd.py [--quick] [--repeats 5] [--threads 2]
 
+and for each, ``conv3x3 auto ...``: ``WinogradConv2d`` in its default mode "auto" (the path
+measured faster on this machine at its first call) against ``nn.Conv2d``: never slower.
+
 Timing as in bench_losses.py: one warm-up call each, then ``repeats`` rounds in which ours and
 the baseline run alternately; the median is reported. A round is ``y = conv(x, w, b);
 y.backward(grad)`` on fresh leaves (the ``.grad`` allocations included). Peak memory:
@@ -60,7 +63,46 @@ def run(quick: bool = False, repeats: int = 5, memory: bool = True) -> List[Dict
             f"winograd conv fwd+bwd {c}->{k} {n}x{h}x{w}", ours, "F.conv2d (oneDNN)", base,
             repeats, cpu, memory, max_rel_diff=diff,
         ))
+        rows.append(auto_row(x, weight, bias, grad, repeats, memory))
     return rows
+
+
+def auto_row(x, weight, bias, grad, repeats, memory) -> Dict:
+    """``WinogradConv2d`` in its default mode "auto" (the path TUNER measures faster here,
+    chosen at the first call, a warm-up) against ``nn.Conv2d`` with the same parameters,
+    forward + backward; ``chosen``: the path it took."""
+    from torch import nn
+
+    from focal_rpn.layers import TUNER, WinogradConv2d
+
+    n, c, h, w = x.shape
+    k = weight.shape[0]
+    conv = nn.Conv2d(c, k, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    auto = WinogradConv2d.from_conv(conv)  # shares the Parameters
+    assert auto.mode == "auto"
+
+    def step(module):
+        def fn():
+            module.zero_grad(set_to_none=True)
+            leaf = x.detach().requires_grad_(True)
+            y = module(leaf)
+            y.backward(grad)
+            return [y, leaf.grad, module.weight.grad, module.bias.grad]
+        return fn
+
+    TUNER.clear()
+    ours, base = step(auto), step(conv)
+    diff = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(ours(), base()))
+    (choice,) = TUNER.choices().values()
+    chosen = "Winograd" if choice.winograd else "F.conv2d"
+    return bench_losses.pair_row(
+        f"conv3x3 auto fwd+bwd {c}->{k} {n}x{h}x{w} (chose {chosen})", ours, "nn.Conv2d",
+        base, repeats, torch.device("cpu"), memory, max_rel_diff=diff, chosen=chosen,
+        tuned_winograd_ms=choice.winograd_ms, tuned_conv2d_ms=choice.conv2d_ms,
+    )
 
 
 def format_table(rows: List[Dict]) -> str:

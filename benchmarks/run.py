@@ -34,15 +34,21 @@ SUITES = ("losses", "models", "evaluator", "roi_align", "winograd")
 
 #: (case prefix, baseline) -> the largest ours / baseline ratio the project promises.
 TARGETS = {
+    ("sigmoid focal soft-target", None): 1 / 3,  # soft targets: the issue asks for 3x
     ("sigmoid focal", None): 1 / 5,  # the issue names fvcore; torchvision's is the same math
     ("softmax focal", None): 1 / 3,
     ("retinanet_train", None): 0.9,
     ("retinanet_infer", None): 1.0,
     ("fl_rpn_sigmoid_train", None): 1.05,
     ("fl_rpn_softmax_train", None): 1.05,
+    ("faster_rcnn_recipe_train", None): 0.7,  # issue 19
+    ("faster_rcnn_recipe_infer", None): 1.0,  # not in the issue: never slower than stock
     ("COCO bbox eval", None): 1.0,
     ("roi_align", None): 0.5,  # not in the issue: FastROIAlign must at least halve the time
     ("winograd conv", None): 0.75,  # not in the issue: worth its transforms where it is used
+    # issue 19: the default is never slower than stock; 1.05 = the noise of timing one
+    # convolution twice (where "auto" chose F.conv2d both sides run the same op)
+    ("conv3x3 auto", None): 1.05,
 }
 
 
@@ -68,10 +74,67 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return (
-        f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+        f"{cpu}, {os.cpu_count()} logical cores, vector ISA {cpu_vector_extensions()}, "
+        f"oneDNN {onednn_isa()}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY "
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}), Python {platform.python_version()}, "
+        f"load average {load} at the end"
     )
+
+
+def cpu_vector_extensions(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The x86 vector extensions the CPU reports: "AVX2", "AVX-512 (f, bw, vnni, bf16)",
+    "AMX (tile, bf16, int8)", joined by " + "; "unknown" without /proc/cpuinfo flags."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if not flags:
+        return "unknown"
+    flags = set(flags)
+    parts = []
+    if "avx2" in flags:
+        parts.append("AVX2")
+    avx512 = sorted(f[len("avx512"):].lstrip("_") for f in flags if f.startswith("avx512"))
+    if avx512:
+        parts.append(f"AVX-512 ({', '.join(avx512)})")
+    amx = sorted(f[len("amx_"):] for f in flags if f.startswith("amx_"))
+    if amx:
+        parts.append(f"AMX ({', '.join(amx)})")
+    return " + ".join(parts) or "no AVX2"
+
+
+_ONEDNN_PROBE = (
+    "import torch, torch.nn.functional as F; "
+    "F.conv2d(torch.randn(2, 256, 32, 32), torch.randn(256, 256, 3, 3), padding=1)"
+)
+
+
+def onednn_isa() -> str:
+    """oneDNN's version and the instruction set it dispatches to, from its verbose log of one
+    convolution in a child process (ONEDNN_VERBOSE=1), e.g. "v3.12.0, Intel AVX-512 with Intel
+    DL Boost and bfloat16 support"; "unavailable" when it cannot be read."""
+    import subprocess
+
+    if not torch.backends.mkldnn.is_available():
+        return "unavailable (torch built without it)"
+    env = dict(os.environ, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
+    try:
+        out = subprocess.run([sys.executable, "-c", _ONEDNN_PROBE], env=env, capture_output=True,
+                             text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unavailable"
+    version = isa = None
+    for line in out.splitlines():
+        if ",info,oneDNN v" in line and version is None:
+            version = line.split("oneDNN ", 1)[1].split()[0]
+        elif ",info,cpu,isa:" in line:
+            isa = line.split("isa:", 1)[1].strip()
+    return f"{version or '?'}, {isa}" if isa else "unavailable"
 
 
 def run(suites=SUITES, quick: bool = False, repeats: int = None) -> List[Dict]:
@@ -139,14 +202,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = run(args.only, args.quick, args.repeats)
-    print(f"machine: {machine_description()}")
+    machine = machine_description()
+    print(f"machine: {machine}")
     if "models" in args.only:
         print(_load("bench_models").describe(0.25 if args.quick else 1.0))
+        print(_load("bench_models").describe_recipe(0.25 if args.quick else 1.0))
     print(format_table(rows))
     print(f"({time.perf_counter() - start:.0f} s{'; --quick: not a measurement' if args.quick else ''})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine_description(), "quick": args.quick, "rows": rows}, f,
+            json.dump({"machine": machine, "quick": args.quick, "rows": rows}, f,
                       indent=1)
     return 0
 

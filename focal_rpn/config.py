@@ -33,8 +33,12 @@ def add_focal_rpn_config(cfg):
         # "sigmoid": K logits per anchor (the paper); "softmax": K + 1 (background last).
         _C.MODEL.FOCAL_RETINANET.ACTIVATION = "sigmoid"
     if "WINOGRAD" not in _C.MODEL.FOCAL_RETINANET:
-        # The head's 3x3 convs as Winograd F(4x4, 3x3) on CPU where faster (focal_rpn.layers).
-        _C.MODEL.FOCAL_RETINANET.WINOGRAD = True
+        # The head's 3x3 convs (focal_rpn.layers.WinogradConv2d): "auto" times Winograd
+        # F(4x4, 3x3) against nn.Conv2d once per kind of call on this machine and keeps the
+        # faster (CPU float32; GPUs always use cuDNN); True: always Winograd on CPU float32;
+        # False: plain nn.Conv2d. None (the default) means "auto": a None default lets yacs
+        # take the string "auto" as well as the booleans of older configs.
+        _C.MODEL.FOCAL_RETINANET.WINOGRAD = None
     if "CHANNELS_LAST" not in _C.MODEL.FOCAL_RETINANET:
         # Convolutions in channels-last (NHWC) memory format: oneDNN on CPU skips its layout
         # reorders (measured speed-up: README, Configs); off by default.

@@ -4,7 +4,8 @@ Pure functions of tensors (no detectron2 state):
 
 * :func:`sigmoid_focal_loss` -- dense targets, the drop-in equivalent of fvcore's
   ``sigmoid_focal_loss`` (same signature and values), numerically stable and usable with
-  float16 / bfloat16 inputs.
+  float16 / bfloat16 inputs; 0/1 targets are routed to the label kernel below, soft targets
+  to a fused closed-form kernel of their own.
 * :func:`sigmoid_focal_loss_with_labels` -- the fast path used by the models: integer labels
   instead of one-hot targets, a custom autograd Function whose gradient is computed in closed
   form during the forward pass, in cache-sized row chunks.
@@ -164,6 +165,12 @@ def sigmoid_focal_loss(
 
     Finite for logits of any finite magnitude (e.g. +-1e4); gradients are finite too, also at
     ``p_t = 1`` with gamma = 0 or gamma < 1.
+
+    Computed by fused kernels with the gradient in closed form (``once_differentiable``):
+    targets of only 0 and 1 with at most ``SPARSE_TARGET_FRACTION`` ones (detection) go to the
+    kernel of :func:`sigmoid_focal_loss_with_labels` at their positions (found with two passes
+    over the targets and two host synchronisations); other targets to the soft-target kernel.
+    Targets that require a gradient go through the plain composition of autograd ops.
     """
     fn = "sigmoid_focal_loss"
     _check_float(fn, "logits", logits)
@@ -174,9 +181,60 @@ def sigmoid_focal_loss(
             f"{fn}: targets has shape {tuple(targets.shape)}; expected the shape of logits "
             f"{tuple(logits.shape)}"
         )
+    if targets.device != logits.device:
+        raise ValueError(
+            f"{fn}: targets is on {targets.device} but logits on {logits.device}; "
+            "expected the same device"
+        )
     alpha, gamma = _check_alpha_gamma(fn, alpha, gamma)
     _check_reduction(fn, reduction)
 
+    if targets.requires_grad and torch.is_grad_enabled():
+        # gradients for the targets too: plain autograd through the composition
+        return _sigmoid_focal_composed(logits, targets, alpha, gamma, reduction)
+    need_grad = logits.requires_grad and torch.is_grad_enabled()
+    x = logits.reshape(-1, 1)  # (M, 1): every entry a row of one class
+    flat_pos = _binary_target_positions(targets)
+    if flat_pos is not None:
+        if need_grad:
+            loss = _SigmoidFocalPositionsFn.apply(x, flat_pos, alpha, gamma, reduction)
+        else:
+            no_rows = flat_pos.new_empty((0,))
+            loss, _ = _sigmoid_sparse_kernel(x, flat_pos, no_rows, alpha, gamma, reduction, False)
+    elif need_grad:
+        loss = _SigmoidFocalSoftFn.apply(x, targets.reshape(-1, 1), alpha, gamma, reduction)
+    else:
+        loss, _ = _sigmoid_soft_kernel(x, targets.reshape(-1, 1), alpha, gamma, reduction, False)
+    return loss.view(logits.shape) if reduction == "none" else loss
+
+
+#: Dense targets whose nonzero entries are at most this fraction of all are checked for being
+#: exactly 1 and then go to the sparse (label position) kernel; others to the soft kernel.
+SPARSE_TARGET_FRACTION = 1 / 16
+
+
+def _binary_target_positions(targets: Tensor) -> Optional[Tensor]:
+    """The flat positions (P,) of the ones of ``targets`` if it holds only 0 and 1 and at most
+    ``SPARSE_TARGET_FRACTION`` ones (detection: ~1%), else None.
+
+    Two passes over the targets (count, then positions) and one host sync per pass; the
+    positions are only materialised when few, so soft targets never allocate an index per
+    entry.
+    """
+    flat = targets.reshape(-1)
+    if flat.numel() == 0:
+        return None
+    if int(torch.count_nonzero(flat)) > SPARSE_TARGET_FRACTION * flat.numel():
+        return None
+    pos = torch.nonzero(flat).view(-1)  # sorted ascending
+    if not bool((flat[pos] == 1).all()):
+        return None
+    return pos
+
+
+def _sigmoid_focal_composed(logits, targets, alpha, gamma, reduction) -> Tensor:
+    """The focal loss as a composition of autograd ops (differentiable in the targets too,
+    and twice differentiable)."""
     out_dtype = logits.dtype
     x = logits.to(_compute_dtype(out_dtype))
     t = targets.to(x.dtype)
@@ -207,6 +265,144 @@ def sigmoid_focal_loss(
 
 
 # ---------------------------------------------------------------------------------------------
+# 1b. soft targets: fused closed-form kernel
+# ---------------------------------------------------------------------------------------------
+def _soft_chunk(
+    xc: Tensor,
+    tc: Tensor,
+    alpha: float,
+    gamma: float,
+    scratch: List[Tensor],
+    g_out: Optional[Tensor],
+    l_out: Optional[Tensor],
+) -> Tensor:
+    """Focal terms of one flat chunk: logits xc (m,), targets tc (m,) in [0, 1].
+
+    With s = sigmoid(x), the cross entropy ce = sp(-|x|) + relu(x) - t x (the exact
+    (1 - t) sp(x) + t sp(-x) without cancellation), m = 1 - p_t = t + s (1 - 2 t), and
+    alpha_t = 1/2 + (1/2 - alpha) (1 - 2 t) (1 without alpha weighting):
+
+        FL = alpha_t m^gamma ce,
+        dFL/dx = alpha_t m^(gamma - 1) (gamma s (1 - s) (1 - 2 t) ce + m (s - t)).
+
+    (dm/dx = s (1 - s) (1 - 2 t), dce/dx = s - t.) Where m = 0 (s = t in {0, 1}: saturated)
+    the first term is 0 for every gamma. Writes the loss terms into l_out and the gradient into
+    g_out (each if given); scratch: five (m,) buffers. Returns the sum of the loss terms.
+    """
+    a, b, c, d, e = scratch
+    s = torch.sigmoid(xc, out=a)
+    ce = _softplus_neg_abs(xc, b, c, d)
+    r = torch.clamp(xc, min=0.0, out=c)
+    ce.add_(r.addcmul_(tc, xc, value=-1.0))
+    w = torch.mul(tc, -2.0, out=c).add_(1.0)  # 1 - 2 t
+    m = torch.addcmul(tc, s, w, out=d)  # 1 - p_t
+    at = torch.mul(w, 0.5 - alpha, out=e).add_(0.5) if alpha >= 0 else None
+    if g_out is not None:
+        if gamma != 0:
+            # k = gamma s (1 - s) (1 - 2 t) ce, in g_out
+            torch.addcmul(s, s, s, value=-1.0, out=g_out).mul_(w).mul_(ce)
+        h = torch.sub(s, tc, out=c)  # s - t (w is not needed any more)
+        if gamma == 0:
+            g_out.copy_(h)
+        else:
+            h.mul_(m)
+            g_out.mul_(gamma).add_(h)
+            if gamma == 2:
+                g_out.mul_(m)
+            elif gamma != 1:
+                mg1 = torch.pow(m, gamma - 1.0, out=a)  # s is not needed any more
+                if gamma < 1:
+                    mg1.masked_fill_(m == 0, 0.0)
+                g_out.mul_(mg1)
+        if at is not None:
+            g_out.mul_(at)
+    # loss terms: m^gamma ce alpha_t, in l_out or a free scratch buffer
+    lt = l_out if l_out is not None else a
+    if gamma == 0:
+        lt.copy_(ce)
+    else:
+        if gamma == 1:
+            lt.copy_(m)
+        elif gamma == 2:
+            torch.mul(m, m, out=lt)
+        else:
+            torch.pow(m, gamma, out=lt)
+        lt.mul_(ce)
+    if at is not None:
+        lt.mul_(at)
+    return lt.sum()
+
+
+def _sigmoid_soft_kernel(
+    logits: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: str, need_grad: bool
+):
+    """Dense sigmoid focal loss of logits (M, 1) and targets (M, 1) in [0, 1], in chunks.
+
+    Returns (loss, state), state = (G, empty positions, empty, M) or None: G (M, 1) the
+    gradient of the summed loss, in the layout of :func:`_sparse_backward`.
+    """
+    M = logits.shape[0]
+    cdt = _compute_dtype(logits.dtype)
+    device = logits.device
+    xflat = logits.detach().contiguous().view(-1)
+    tflat = targets.detach().contiguous().view(-1)
+    chunk = _chunk_elements(device)
+    G = empty_hugepage_backed((M, 1), cdt, device) if need_grad else None
+    L = torch.empty((M, 1), dtype=cdt, device=device) if reduction == "none" else None
+    m_max = min(chunk, M)
+    scratch = [torch.empty(m_max, dtype=cdt, device=device) for _ in range(5)]
+    partial = []
+    for i in range(0, M, chunk):
+        j = min(i + chunk, M)
+        xc = xflat[i:j].to(cdt)
+        tc = tflat[i:j].to(cdt)
+        partial.append(
+            _soft_chunk(
+                xc, tc, alpha, gamma, [buf[: j - i] for buf in scratch],
+                G.view(-1)[i:j] if G is not None else None,
+                L.view(-1)[i:j] if L is not None else None,
+            )
+        )
+    if reduction == "none":
+        loss = L.to(logits.dtype)
+    else:
+        acc_dtype = torch.float64
+        total = (torch.stack(partial).to(acc_dtype).sum() if partial
+                 else torch.zeros((), dtype=acc_dtype, device=device))
+        if reduction == "mean":
+            total = total / max(M, 1)
+        loss = total.to(logits.dtype)
+    if not need_grad:
+        return loss, None
+    none = torch.empty((0,), dtype=torch.int64, device=device)
+    return loss, (G, none, G.new_empty((0,)), M)
+
+
+class _SigmoidFocalSoftFn(torch.autograd.Function):
+    """sigmoid focal loss of logits (M, 1) with soft targets (M, 1) in [0, 1]."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, alpha, gamma, reduction):
+        loss, state = _sigmoid_soft_kernel(logits, targets, alpha, gamma, reduction, True)
+        ctx.save_for_backward(logits, targets)
+        ctx.conf = (alpha, gamma, reduction)
+        ctx.state = state
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        logits, targets = ctx.saved_tensors
+        alpha, gamma, reduction = ctx.conf
+        state = ctx.state
+        ctx.state = None  # the buffer is consumed (scaled in place) below
+        if state is None:  # a second backward through the same graph: recompute
+            _, state = _sigmoid_soft_kernel(logits, targets, alpha, gamma, reduction, True)
+        # alpha is already in G: no extra weight of "negatives"
+        return _sparse_backward(state, grad_out, -1.0, reduction, logits.dtype), None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
 # 2. sigmoid focal loss with integer labels: fused closed-form kernel
 # ---------------------------------------------------------------------------------------------
 def _positive_terms(xp: Tensor, alpha: float, gamma: float) -> Tuple[Tensor, Tensor]:
@@ -227,6 +423,21 @@ def _positive_terms(xp: Tensor, alpha: float, gamma: float) -> Tuple[Tensor, Ten
 
 def _split_points(sorted_rows: Tensor, starts: Tensor) -> Tensor:
     return torch.searchsorted(sorted_rows, starts)
+
+
+def _softplus_neg_abs(x: Tensor, out: Tensor, tmp: Tensor, tmp2: Tensor) -> Tensor:
+    """sp(-|x|) = log1p(exp(-|x|)) of x (m,) into out, accurate to a few ulps for every x.
+
+    ATen's softplus and log1p are not vectorised on CPU (about 10 ns per element, 10x exp or
+    log); this uses exp and log only: with e = exp(-|x|) in (0, 1] and u = 1 + e rounded,
+    log1p(e) = log(u) - c / u to second order in the rounding error c = (u - 1) - e (exact in
+    floating point, as u - 1 is). tmp, tmp2: (m,) scratch.
+    """
+    e = torch.abs(x, out=tmp).neg_().exp_()
+    u = torch.add(e, 1.0, out=out)
+    c = torch.sub(u, 1.0, out=tmp2).sub_(e)
+    c.div_(u)
+    return u.log_().sub_(c)
 
 
 def _softplus_threshold(dtype: torch.dtype) -> float:
@@ -260,7 +471,9 @@ def _negative_chunk(
     log1p(exp(x)), x above the threshold) and sigmoid are accurate to a few ulps for every
     finite x, so no term loses relative precision.
     """
-    sp = torch.ops.aten.softplus.out(xc, 1.0, _softplus_threshold(xc.dtype), out=b)
+    # sp(x) = relu(x) + sp(-|x|); l_out is free until the loss terms are written
+    sp = _softplus_neg_abs(xc, b, a, c)
+    sp.add_(torch.clamp(xc, min=0.0, out=a))
     s = torch.sigmoid(xc, out=a) if (g_out is not None or gamma in (1.0, 2.0)) else None
     # w = s^gamma, written where it is used next: the gradient buffer, else the loss buffer
     w = g_out if g_out is not None else (l_out if l_out is not None else a)
@@ -296,7 +509,27 @@ def _zero(flat: Tensor, zero_flat: Optional[Tensor], zero_rows: Optional[Tensor]
 def _sigmoid_labels_kernel(
     logits: Tensor, labels: Tensor, alpha: float, gamma: float, reduction: str, need_grad: bool
 ):
-    """Forward (and the unscaled closed-form gradient) of sigmoid_focal_loss_with_labels.
+    """Forward (and the unscaled closed-form gradient) of sigmoid_focal_loss_with_labels:
+    :func:`_sigmoid_sparse_kernel` at the label positions, the ignored rows excluded."""
+    K = logits.shape[1]
+    pos_rows = torch.nonzero((labels >= 0) & (labels < K)).view(-1)
+    ign_rows = torch.nonzero(labels < 0).view(-1)
+    flat_pos = pos_rows * K + labels[pos_rows]
+    return _sigmoid_sparse_kernel(logits, flat_pos, ign_rows, alpha, gamma, reduction, need_grad)
+
+
+def _sigmoid_sparse_kernel(
+    logits: Tensor,
+    flat_pos: Tensor,
+    ign_rows: Tensor,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    need_grad: bool,
+):
+    """Sigmoid focal loss of logits (R, K) whose targets are 1 at the flat positions flat_pos
+    (P,) (sorted ascending, at most a few per cent of the entries) and 0 elsewhere; the rows
+    ign_rows (sorted) are ignored (0 loss and gradient, not counted by "mean").
 
     Returns (loss, state) where state = (G, flat_pos, grad_pos, n_valid) or None:
     G (R, K) holds d(sum of negative terms without (1 - alpha))/dx, zero at positives and
@@ -310,18 +543,15 @@ def _sigmoid_labels_kernel(
         x = x.contiguous()
     xflat = x.view(-1)
 
-    # positives (sorted by row) and ignored rows; one host sync for all the bookkeeping
-    pos_rows = torch.nonzero((labels >= 0) & (labels < K)).view(-1)
-    ign_rows = torch.nonzero(labels < 0).view(-1)
+    # chunk borders of the positives and ignored rows; one host sync for the bookkeeping
     rows_per_chunk = max(1, _chunk_elements(device) // max(K, 1))
     bounds = list(range(0, R, rows_per_chunk)) + [R]
     starts = torch.tensor(bounds, dtype=torch.int64, device=device)
-    splits = torch.cat([_split_points(pos_rows, starts), _split_points(ign_rows, starts)])
+    splits = torch.cat([_split_points(flat_pos, starts * K), _split_points(ign_rows, starts)])
     splits = splits.tolist()
     nb = starts.numel()
     pos_split, ign_split = splits[:nb], splits[nb:]
     n_valid = R - ign_rows.numel()
-    flat_pos = pos_rows * K + labels[pos_rows]
 
     G = empty_hugepage_backed((R, K), cdt, device) if need_grad else None  # see hugepages.py
     L = torch.empty((R, K), dtype=cdt, device=device) if reduction == "none" else None
@@ -388,26 +618,60 @@ class _SigmoidFocalLabelsFn(torch.autograd.Function):
         ctx.state = None  # the buffer is consumed (scaled in place) below
         if state is None:  # a second backward through the same graph: recompute
             _, state = _sigmoid_labels_kernel(logits, labels, alpha, gamma, reduction, True)
-        G, flat_pos, grad_pos, n_valid = state
-        R, K = G.shape
-        wneg = (1.0 - alpha) if alpha >= 0 else 1.0
-        go = grad_out.to(G.dtype)
-        if reduction == "none":
-            G.mul_(go)
-            if wneg != 1.0:
-                G.mul_(wneg)
-            G.view(-1)[flat_pos] = grad_pos * go.reshape(-1)[flat_pos]
-        else:
-            norm = 1.0 / max(n_valid * K, 1) if reduction == "mean" else 1.0
-            if go.device.type == "cpu":
-                g = float(go)
-                if g * wneg * norm != 1.0:
-                    G.mul_(g * wneg * norm)
-                G.view(-1)[flat_pos] = grad_pos * (g * norm)
-            else:  # no host sync
-                G.mul_(go * (wneg * norm))
-                G.view(-1)[flat_pos] = grad_pos * (go * norm)
-        return G.to(logits.dtype), None, None, None, None
+        return _sparse_backward(state, grad_out, alpha, reduction, logits.dtype), None, None, None, None
+
+
+class _SigmoidFocalPositionsFn(torch.autograd.Function):
+    """sigmoid focal loss of logits (R, K) with targets 1 at flat_pos, 0 elsewhere (the dense
+    path for 0/1 targets)."""
+
+    @staticmethod
+    def forward(ctx, logits, flat_pos, alpha, gamma, reduction):
+        no_rows = flat_pos.new_empty((0,))
+        loss, state = _sigmoid_sparse_kernel(logits, flat_pos, no_rows, alpha, gamma, reduction, True)
+        ctx.save_for_backward(logits, flat_pos)
+        ctx.conf = (alpha, gamma, reduction)
+        ctx.state = state
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        logits, flat_pos = ctx.saved_tensors
+        alpha, gamma, reduction = ctx.conf
+        state = ctx.state
+        ctx.state = None  # the buffer is consumed (scaled in place) below
+        if state is None:  # a second backward through the same graph: recompute
+            no_rows = flat_pos.new_empty((0,))
+            _, state = _sigmoid_sparse_kernel(
+                logits, flat_pos, no_rows, alpha, gamma, reduction, True
+            )
+        return _sparse_backward(state, grad_out, alpha, reduction, logits.dtype), None, None, None, None
+
+
+def _sparse_backward(state, grad_out: Tensor, alpha: float, reduction: str, dtype) -> Tensor:
+    """d loss / d logits (R, K) from the state of :func:`_sigmoid_sparse_kernel` (whose G
+    buffer it scales in place and returns) and the gradient of the loss."""
+    G, flat_pos, grad_pos, n_valid = state
+    R, K = G.shape
+    wneg = (1.0 - alpha) if alpha >= 0 else 1.0
+    go = grad_out.to(G.dtype)
+    if reduction == "none":
+        G.mul_(go)
+        if wneg != 1.0:
+            G.mul_(wneg)
+        G.view(-1)[flat_pos] = grad_pos * go.reshape(-1)[flat_pos]
+    else:
+        norm = 1.0 / max(n_valid * K, 1) if reduction == "mean" else 1.0
+        if go.device.type == "cpu":
+            g = float(go)
+            if g * wneg * norm != 1.0:
+                G.mul_(g * wneg * norm)
+            G.view(-1)[flat_pos] = grad_pos * (g * norm)
+        else:  # no host sync
+            G.mul_(go * (wneg * norm))
+            G.view(-1)[flat_pos] = grad_pos * (go * norm)
+    return G.to(dtype)
 
 
 def sigmoid_focal_loss_with_labels(

@@ -21,11 +21,21 @@ def test_run_quick_prints_a_row_per_case_of_every_suite(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     cases = [r["case"] for r in rows]
-    assert sum(c.startswith("sigmoid focal") for c in cases) == 3
+    assert sum(c.startswith("sigmoid focal fwd+bwd") for c in cases) == 3
+    # the dense-target drop-in: 0/1 and soft targets, each at trained and initial logits
+    assert sum(c.startswith("sigmoid focal dense 0/1") for c in cases) == 2
+    assert sum(c.startswith("sigmoid focal soft-target") for c in cases) == 2
     assert sum(c.startswith("softmax focal") for c in cases) == 1
     for case in ("retinanet_train", "retinanet_infer", "fl_rpn_sigmoid_train",
-                 "fl_rpn_softmax_train"):
+                 "fl_rpn_softmax_train", "faster_rcnn_recipe_train", "faster_rcnn_recipe_infer"):
         assert case in cases
+    infer = next(r for r in rows if r["case"] == "faster_rcnn_recipe_infer")
+    assert math.isclose(infer["ours_images_per_s"], 1e3 / infer["ours_ms"])
+    auto = [r for r in rows if r["case"].startswith("conv3x3 auto")]
+    assert len(auto) == 1 and auto[0]["max_rel_diff"] < 1e-5, auto
+    assert auto[0]["chosen"] in ("Winograd", "F.conv2d") and auto[0]["chosen"] in auto[0]["case"]
+    machine = json.loads(out.read_text())["machine"]
+    assert "vector ISA" in machine and "oneDNN" in machine, machine
     assert any(c.startswith("COCO bbox eval") for c in cases)
     roi_align = [r for r in rows if r["case"].startswith("roi_align")]
     assert len(roi_align) == 1 and roi_align[0]["max_abs_diff"] < 1e-4, roi_align
@@ -42,6 +52,25 @@ def test_run_quick_prints_a_row_per_case_of_every_suite(tmp_path):
     # the printed table has the header and one line per row
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(rows)
+
+
+def test_machine_line_names_vector_extensions(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    cases = {
+        "fpu sse2 avx avx2 fma": "AVX2",
+        "avx2 avx512f avx512bw avx512_vnni avx512_bf16": "AVX2 + AVX-512 (bf16, bw, f, vnni)",
+        "avx2 avx512f amx_tile amx_bf16 amx_int8": "AVX2 + AVX-512 (f) + AMX (bf16, int8, tile)",
+        "fpu sse2": "no AVX2",
+    }
+    for flags, expected in cases.items():
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\n")
+        assert run.cpu_vector_extensions(str(path)) == expected
+    assert run.cpu_vector_extensions(str(tmp_path / "missing")) == "unknown"
 
 
 def _child_peak_mb():

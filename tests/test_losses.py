@@ -473,7 +473,7 @@ def test_benchmark_smoke():
         rows = bench.run(scale=0.005, repeats=1)
     finally:
         torch.set_num_threads(threads)
-    assert len(rows) == 4
+    assert len(rows) == 8  # labels path x 3 baselines, dense 0/1 and soft x 2 logits, softmax
     keys = {"case", "ours_ms", "baseline", "baseline_ms", "ratio", "ours_peak_mb", "baseline_peak_mb"}
     for row in rows:
         assert set(row) == keys

@@ -131,28 +131,29 @@ def _eligible_conv():
     return nn.Conv2d(winograd.MIN_IN_CHANNELS, winograd.MIN_OUT_CHANNELS, 3, padding=1)
 
 
-def test_module_takes_winograd_path_where_it_pays_off(winograd_calls):
+def test_module_forced_on_takes_winograd_path(winograd_calls):
     conv = _eligible_conv()
-    fast = WinogradConv2d.from_conv(conv)
+    fast = WinogradConv2d.from_conv(conv, mode=True)
     x = torch.randn(1, conv.in_channels, 12, 12)
     torch.testing.assert_close(fast(x), conv(x), rtol=1e-4, atol=1e-4)
     assert len(winograd_calls) == 1
 
 
 @pytest.mark.parametrize(
-    "case", ["small map", "float64", "tracing", "narrow", "autocast"],
+    "case", ["forced off", "float64", "tracing", "autocast", "deterministic"],
 )
-def test_module_falls_back_to_conv2d_exactly(case, winograd_calls):
+@pytest.mark.parametrize("mode", [True, "auto"])
+def test_module_falls_back_to_conv2d_exactly(case, mode, winograd_calls, monkeypatch):
     conv = _eligible_conv()
     x = torch.randn(1, conv.in_channels, 12, 12)
-    if case == "small map":
-        x = x[:, :, :8, :8]
-    elif case == "float64":
+    if case == "float64":
         conv, x = conv.double(), x.double()
-    elif case == "narrow":
-        conv = nn.Conv2d(8, 8, 3, padding=1)
-        x = torch.randn(1, 8, 32, 32)
-    fast = WinogradConv2d.from_conv(conv)
+    elif case == "forced off":
+        mode = False
+    elif case == "deterministic":
+        mode = "auto"  # (forced Winograd is deterministic by itself: True is not affected)
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    fast = WinogradConv2d.from_conv(conv, mode=mode)
     with torch.no_grad():
         if case == "tracing":
             actual = torch.jit.trace(fast, x, check_trace=False)(x)
@@ -222,7 +223,7 @@ def _wide_retinanet_pair(opts=()):
 
 
 def test_focal_retinanet_head_on_winograd_path_matches_stock(winograd_calls):
-    focal, stock = _wide_retinanet_pair()
+    focal, stock = _wide_retinanet_pair(["MODEL.FOCAL_RETINANET.WINOGRAD", True])
     head_convs = [m for m in focal.head.modules() if isinstance(m, nn.Conv2d)]
     assert head_convs and all(type(m) is WinogradConv2d for m in head_convs)
     inputs = batched_inputs(num_images=2, num_boxes=3, size=128)
@@ -246,14 +247,160 @@ def test_winograd_off_keeps_plain_convs():
 
 
 def test_bad_winograd_value_names_the_key():
-    # from a yaml file or the command line, yacs refuses a non-bool, naming the key ...
-    with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.WINOGRAD"):
-        tiny_cfg("retinanet_R50.yaml", ["MODEL.FOCAL_RETINANET.WINOGRAD", "yes"])
-    # ... and a value set in code is refused when the model is built.
-    cfg = tiny_cfg("retinanet_R50.yaml")
-    cfg.MODEL.FOCAL_RETINANET.WINOGRAD = "yes"
-    with pytest.raises(ValueError, match=r"MODEL.FOCAL_RETINANET.WINOGRAD = 'yes'.*True or False"):
+    # from the command line (or a yaml file) and set in code alike, refused at model build
+    cfg = tiny_cfg("retinanet_R50.yaml", ["MODEL.FOCAL_RETINANET.WINOGRAD", "yes"])
+    with pytest.raises(ValueError, match=r"MODEL.FOCAL_RETINANET.WINOGRAD = 'yes'.*auto.*True.*False"):
         build_model(cfg)
+    cfg = tiny_cfg("retinanet_R50.yaml")
+    cfg.MODEL.FOCAL_RETINANET.WINOGRAD = 1
+    with pytest.raises(ValueError, match=r"MODEL.FOCAL_RETINANET.WINOGRAD = 1 "):
+        build_model(cfg)
+    with pytest.raises(ValueError, match="WinogradConv2d mode = 'fast'"):
+        WinogradConv2d(4, 4, 3, padding=1, mode="fast")
+
+
+@pytest.mark.parametrize("value,mode", [(None, "auto"), ("auto", "auto"), ("AUTO", "auto"),
+                                        (True, True), (False, False)])
+def test_winograd_config_values_old_bools_and_auto(value, mode):
+    """The default (None) is "auto"; the booleans of older configs keep working, from the
+    command line too (yacs takes any type over a None default)."""
+    opts = [] if value is None else ["MODEL.FOCAL_RETINANET.WINOGRAD", str(value)]
+    focal = build_model(tiny_cfg("retinanet_R50.yaml", opts))
+    convs = [m for m in focal.head.modules() if isinstance(m, nn.Conv2d)]
+    if mode is False:
+        assert all(type(m) is nn.Conv2d for m in convs)
+    else:
+        assert convs and all(type(m) is WinogradConv2d and m.mode == mode for m in convs)
+
+
+# ------------------------------------------------------------------ "auto": timed and cached
+@pytest.fixture
+def tuner(monkeypatch):
+    """A fresh process-wide tuner (the module's TUNER replaced for the test) and the log."""
+    fresh = winograd.ConvPathTuner(rounds=1)
+    monkeypatch.setattr(winograd, "TUNER", fresh)
+    return fresh
+
+
+class _FakeClock:
+    """time.perf_counter for the tuner: each path's call lasts what ``ms`` says."""
+
+    def __init__(self, monkeypatch, ms):
+        self.now, self.ms, self.calls = 0.0, ms, []
+        monkeypatch.setattr(winograd.time, "perf_counter", self)
+        original = winograd.winograd_conv3x3
+
+        def timed_winograd(*args, **kwargs):
+            self.now += self.ms["winograd"] / 1e3
+            self.calls.append("winograd")
+            return original(*args, **kwargs)
+
+        original_conv2d = winograd.F.conv2d
+
+        class _F:  # winograd.F with a timed conv2d (only the tuner's module sees it)
+            def __getattr__(self, name):
+                return getattr(F, name)
+
+            @staticmethod
+            def conv2d(*args, **kwargs):
+                self.now += self.ms["conv2d"] / 1e3
+                self.calls.append("conv2d")
+                return original_conv2d(*args, **kwargs)
+
+        monkeypatch.setattr(winograd, "winograd_conv3x3", timed_winograd)
+        monkeypatch.setattr(winograd, "F", _F())
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize("faster", ["winograd", "conv2d"])
+def test_auto_takes_the_measured_faster_path_and_equals_conv2d(faster, tuner, monkeypatch):
+    ms = {"winograd": 1.0, "conv2d": 5.0} if faster == "winograd" else {"winograd": 5.0, "conv2d": 1.0}
+    clock = _FakeClock(monkeypatch, ms)
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    fast = WinogradConv2d.from_conv(conv)  # mode "auto"
+    x = torch.randn(2, 16, 9, 7)
+    y = fast(x)
+    (choice,) = tuner.choices().values()
+    assert choice.winograd == (faster == "winograd")
+    assert (choice.winograd_ms, choice.conv2d_ms) == pytest.approx((ms["winograd"], ms["conv2d"]))
+    assert "winograd" in clock.calls and "conv2d" in clock.calls  # both were timed
+    torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, padding=1),
+                               rtol=1e-4, atol=1e-5)
+    # later calls: the cached choice, no timing (nn.Conv2d's forward bypasses winograd.F)
+    clock.calls.clear()
+    fast(x)
+    assert clock.calls == (["winograd"] if faster == "winograd" else [])
+
+
+def test_auto_near_tie_stays_on_conv2d(tuner, monkeypatch):
+    _FakeClock(monkeypatch, {"winograd": 0.95, "conv2d": 1.0})  # within the 10% margin
+    fast = WinogradConv2d.from_conv(nn.Conv2d(8, 8, 3, padding=1))
+    fast(torch.randn(1, 8, 8, 8))
+    assert [c.winograd for c in tuner.choices().values()] == [False]
+
+
+def test_auto_choice_cached_per_key_and_logged_once(tuner, monkeypatch, caplog):
+    clock = _FakeClock(monkeypatch, {"winograd": 1.0, "conv2d": 2.0})
+    conv = WinogradConv2d.from_conv(nn.Conv2d(8, 4, 3, padding=1))
+    x = torch.randn(2, 8, 16, 16)
+    with caplog.at_level("INFO", logger="focal_rpn.layers.winograd"):
+        for _ in range(3):
+            conv(x)  # the weight requires grad: a training key (forward + backward timed)
+        conv(torch.randn(2, 8, 17, 15))  # about the same pixels: the same bucket
+        conv(x.requires_grad_(True)).sum().backward()  # the same training key
+        with torch.no_grad():
+            conv(x)  # inference: its own key (forward timed)
+        conv(torch.randn(2, 8, 32, 32))  # 4x the pixels: a new key
+        conv(torch.randn(3, 8, 16, 16))  # another batch size: a new key
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads + 1)
+        try:
+            conv(torch.randn(2, 8, 16, 16))  # another thread count: a new key
+        finally:
+            torch.set_num_threads(threads)
+    keys = list(tuner.choices())
+    assert len(keys) == 5, keys
+    assert [k[-1] for k in keys].count("inference") == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "focal_rpn.layers.winograd"]
+    assert len(lines) == 5 and all("-> Winograd" in line for line in lines), lines
+    assert "8->4 on 2x16x16" in lines[0] and "training" in lines[0]
+    assert "inference" in lines[1]
+    # a cleared tuner times again
+    tuner.clear()
+    clock.calls.clear()
+    conv(x)
+    assert clock.calls.count("conv2d") >= 2 and len(tuner.choices()) == 1
+
+
+def test_auto_timing_leaves_the_callers_graph_and_gradients_alone(tuner):
+    """The timing runs on detached copies: the training step's gradients are those of the
+    chosen path alone, and no .grad appears during timing."""
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    fast = WinogradConv2d.from_conv(conv)
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    y = fast(x)
+    assert conv.weight.grad is None and x.grad is None
+    y.square().sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    conv_ref = nn.Conv2d(8, 8, 3, padding=1)
+    conv_ref.load_state_dict(conv.state_dict())
+    conv_ref(x2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, conv_ref.weight.grad, rtol=1e-4, atol=1e-4)
+    assert len(tuner.choices()) == 1
+
+
+def test_auto_under_tracing_is_plain_conv_without_timing(tuner):
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    fast = WinogradConv2d.from_conv(conv)
+    x = torch.randn(1, 8, 12, 12)
+    traced = torch.jit.trace(fast, x, check_trace=False)
+    assert tuner.choices() == {}
+    with torch.no_grad():
+        assert torch.equal(traced(x), conv(x))
+    assert "aten::_convolution" in str(traced.graph) or "aten::conv2d" in str(traced.graph)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -41,6 +41,12 @@ def _betas(key, value):
                          "e.g. (0.9, 0.999)")
 
 
+def _winograd(key, value):
+    from ..layers.winograd import check_winograd_mode
+
+    check_winograd_mode(key, value)
+
+
 def _time_budget(key, value):
     from .budget import check_time_budget
 
@@ -55,7 +61,7 @@ VALUE_CHECKS: Dict[str, Callable] = {
     "MODEL.FOCAL_RPN.ACTIVATION": focal_config.check_activation,
     "MODEL.FOCAL_RPN.PRIOR_PROB": focal_config.check_probability,
     "MODEL.FOCAL_RETINANET.ACTIVATION": focal_config.check_activation,
-    "MODEL.FOCAL_RETINANET.WINOGRAD": focal_config.check_bool,
+    "MODEL.FOCAL_RETINANET.WINOGRAD": _winograd,
     "MODEL.FOCAL_RETINANET.CHANNELS_LAST": focal_config.check_bool,
     "MODEL.RETINANET.FOCAL_LOSS_ALPHA": focal_config.check_alpha,
     "MODEL.RETINANET.FOCAL_LOSS_GAMMA": focal_config.check_gamma,

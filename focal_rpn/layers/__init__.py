@@ -2,7 +2,15 @@
 ROIAlign, Winograd 3x3 convolutions, and huge-page backed buffers for large fresh tensors."""
 from .hugepages import empty_hugepage_backed
 from .roi_align import FastROIAlign, roi_align_cpu, use_fast_roi_align
-from .winograd import WinogradConv2d, use_winograd_convs, winograd_conv3x3, winograd_pays_off
+from .winograd import (
+    TUNER,
+    ConvPathTuner,
+    WinogradConv2d,
+    use_winograd_convs,
+    winograd_conv3x3,
+    winograd_pays_off,
+    winograd_supported,
+)
 
 __all__ = [
     "empty_hugepage_backed",
@@ -13,4 +21,7 @@ __all__ = [
     "use_winograd_convs",
     "winograd_conv3x3",
     "winograd_pays_off",
+    "winograd_supported",
+    "ConvPathTuner",
+    "TUNER",
 ]

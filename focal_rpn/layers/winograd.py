@@ -18,11 +18,15 @@ maps (Kronecker products of B^T, G, A^T) applied as one matrix product each:
 
 The multiply count of the batched product is 36 / (16 * 9) = 1/4 of a direct convolution, and
 the backward is again matrix products of the same sizes plus the adjoints of the transforms;
-it keeps only the input and the weight from the forward (:class:`_WinogradConv3x3Fn`). On
-this project's 2-core CPU, forward + backward of a 256-channel 3x3 conv on 4 x 32 x 32 maps
-(RetinaNet's P3 at 256 px) takes half of ``F.conv2d``'s time (``benchmarks/bench_winograd.py``).
-It pays off only for wide convolutions on large enough maps: for narrow ones or tiny maps the
-transforms cost more than they save, hence :func:`winograd_pays_off`.
+it keeps only the input and the weight from the forward (:class:`_WinogradConv3x3Fn`).
+
+Whether that is faster depends on the machine: on an AVX2 VM, forward + backward of a
+256-channel 3x3 conv on 4 x 32 x 32 maps (RetinaNet's P3 at 256 px) took half of
+``F.conv2d``'s time; on an AVX-512 VM, where oneDNN's convolution is about 6 times faster, it
+took 1.2 times as long (``benchmarks/bench_winograd.py``). Narrow convolutions and small maps
+lose everywhere (the transforms cost more than they save). Hence :class:`WinogradConv2d`'s
+default mode "auto": :class:`ConvPathTuner` times both paths once per kind of call on the
+machine it runs on and keeps the faster.
 
 Numerics: the transforms use the points 0, +-1, +-2 and are exact in real arithmetic; in
 float32 the result differs from ``F.conv2d`` by less than 1e-5 relative to the output's
@@ -32,14 +36,30 @@ cost too many bits there.
 
 Shapes: N images, C in-channels, K out-channels, H x W map, T = N * ceil(H/4) * ceil(W/4) tiles.
 """
-from typing import Dict, Optional, Tuple
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["winograd_conv3x3", "winograd_pays_off", "WinogradConv2d", "use_winograd_convs"]
+__all__ = [
+    "winograd_conv3x3",
+    "winograd_pays_off",
+    "winograd_supported",
+    "WinogradConv2d",
+    "use_winograd_convs",
+    "ConvPathTuner",
+    "TUNER",
+    "WINOGRAD_MODES",
+    "check_winograd_mode",
+]
+
+logger = logging.getLogger(__name__)
 
 # Lavin & Gray's F(4x4, 3x3) with interpolation points 0, 1, -1, 2, -2 and infinity.
 _B_T = (
@@ -252,28 +272,176 @@ class _WinogradConv3x3Fn(torch.autograd.Function):
         return grad_x, grad_weight
 
 
-# Where Winograd pays off, measured on this project's 2-core CPU (time of winograd_conv3x3 /
+# Where Winograd paid off on the AVX2 VM of the README's first table (time of winograd_conv3x3 /
 # F.conv2d, forward + backward; forward alone in brackets): 256 -> 256 channels on 4 x 32 x 32
 # maps 0.49 (0.62), 16 x 16 0.69 (0.71), 12 x 12 0.84 (0.91), 8 x 8 1.29 (1.31); 256 -> 720
 # on 32 x 32 0.40; 256 -> 36 (RetinaNet's box conv) 1.32; 128 -> 128 on 16 x 16 0.91 (1.16);
 # 64 -> 64 on 8 x 32 x 32 1.04 (1.63); 256 -> 256 on 2 x 100 x 100 (R50 at 800 px) 0.59.
+# On an AVX-512 VM oneDNN's convolution is about 6 times faster and Winograd loses everywhere
+# (1.05-1.9): hence WinogradConv2d's default, "auto", times both paths on the machine it runs
+# on (ConvPathTuner) instead of following these numbers.
 MIN_IN_CHANNELS = 256
 MIN_OUT_CHANNELS = 128
 MIN_PIXELS = 12 * 12
 
 
-def winograd_pays_off(x: Tensor, conv: nn.Conv2d) -> bool:
-    """Whether ``conv(x)`` is faster as :func:`winograd_conv3x3` than as ``F.conv2d``: float32 on
-    CPU outside autocast (GPUs have cuDNN, which picks its own algorithms), wide enough and on
-    a map large enough for the transforms to cost less than the multiplications they save."""
+def winograd_supported(x: Tensor) -> bool:
+    """Whether :func:`winograd_conv3x3` may replace ``F.conv2d`` for ``x``: float32 on CPU
+    outside autocast. GPUs have cuDNN, which picks its own algorithms; low precision would
+    lose too many bits in the transforms."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def winograd_pays_off(x: Tensor, conv: nn.Conv2d) -> bool:
+    """The fixed rule of the AVX2 VM (above): supported, wide enough and on a map large enough.
+    Not used by :class:`WinogradConv2d` any more (its "auto" mode measures instead); kept for
+    callers of ``focal_rpn.layers.winograd_pays_off``."""
+    return (
+        winograd_supported(x)
         and conv.in_channels >= MIN_IN_CHANNELS
         and conv.out_channels >= MIN_OUT_CHANNELS
         and x.shape[-2] * x.shape[-1] >= MIN_PIXELS
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing the path by measurement (mode "auto")
+# ---------------------------------------------------------------------------------------------
+#: The modes of WinogradConv2d / MODEL.FOCAL_RETINANET.WINOGRAD: "auto" times both paths,
+#: True forces Winograd wherever it is supported, False forces F.conv2d.
+WINOGRAD_MODES = ("auto", True, False)
+
+
+def check_winograd_mode(key: str, value) -> Union[str, bool]:
+    """The mode named by ``value`` ("auto", or None for "auto"; True; False). Raises
+    ValueError naming ``key``, the value and the allowed ones otherwise."""
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return "auto"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(
+        f"{key} = {value!r} is not allowed: use \"auto\" (time both paths on this machine, "
+        "the default), True (always Winograd on CPU float32) or False (always nn.Conv2d)"
+    )
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """The outcome of timing one :class:`ConvPathTuner` key: the best of the timed rounds of
+    each path in milliseconds, and whether Winograd was chosen."""
+
+    winograd: bool
+    winograd_ms: float
+    conv2d_ms: float
+
+
+class ConvPathTuner:
+    """Chooses, per kind of call, between :func:`winograd_conv3x3` and ``F.conv2d`` by timing
+    both once at the first such call and caching the choice (as ``cudnn.benchmark`` does).
+
+    A kind of call (:meth:`key`) is the convolution's channels, the batch size, the map size
+    in quarter-octave buckets of pixels (multi-scale training does not time every size), the
+    memory format, the dtype, the number of intra-op threads and whether a gradient is needed
+    (then forward + backward are timed, else the forward alone). Each path runs once to warm
+    up, then ``rounds`` times alternately; the best time of each counts, and Winograd is
+    chosen only if it is at least ``1 - margin`` faster, so that near-ties (and noise) stay
+    on ``F.conv2d``, the reference path. Every choice is logged once, at INFO.
+
+    Results of the two paths agree within float rounding (1e-5 relative, tests/test_winograd.py),
+    so a choice never changes what a model computes beyond that. Two processes may still choose
+    differently (timings vary), which makes runs differ in the last bits: with
+    ``torch.use_deterministic_algorithms(True)`` no timing is done and ``F.conv2d`` is used, and
+    mode True / False fixes the path.
+    """
+
+    def __init__(self, rounds: int = 3, margin: float = 0.9):
+        self.rounds = rounds
+        self.margin = margin
+        self._choices: Dict[tuple, PathChoice] = {}
+
+    @staticmethod
+    def key(x: Tensor, conv: nn.Conv2d, needs_grad: bool) -> tuple:
+        n, c, h, w = x.shape
+        pixels_bucket = round(4 * math.log2(max(h * w, 1)))
+        layout = "channels_last" if (
+            not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ) else "contiguous"
+        return (c, conv.out_channels, conv.bias is not None, n, pixels_bucket, layout, x.dtype,
+                torch.get_num_threads(), "training" if needs_grad else "inference")
+
+    def choices(self) -> Dict[tuple, PathChoice]:
+        """A copy of the choices made so far, by key."""
+        return dict(self._choices)
+
+    def clear(self) -> None:
+        """Forget every choice: the next calls time again."""
+        self._choices.clear()
+
+    def use_winograd(self, x: Tensor, conv: nn.Conv2d, needs_grad: bool) -> bool:
+        """Whether ``conv(x)`` should run as Winograd: the cached choice, or a new one."""
+        if torch.are_deterministic_algorithms_enabled():
+            return False
+        key = self.key(x, conv, needs_grad)
+        choice = self._choices.get(key)
+        if choice is None:
+            choice = self._time(x, conv, needs_grad)
+            self._choices[key] = choice
+            n, c, h, w = x.shape
+            logger.info(
+                "3x3 conv %d->%d on %dx%dx%d (%s, %d threads, %s): Winograd %.2f ms, "
+                "F.conv2d %.2f ms -> %s", c, conv.out_channels, n, h, w, str(x.dtype)[6:],
+                key[7], key[8], choice.winograd_ms, choice.conv2d_ms,
+                "Winograd" if choice.winograd else "F.conv2d",
+            )
+        return choice.winograd
+
+    def _time(self, x: Tensor, conv: nn.Conv2d, needs_grad: bool) -> PathChoice:
+        """Time both paths on detached copies of the call's own tensors (no autograd graph,
+        parameters, buffers or random state of the caller is touched)."""
+        weight = conv.weight.detach()
+        bias = conv.bias.detach() if conv.bias is not None else None
+        xd = x.detach()
+        paths = {
+            "winograd": lambda a, b, c: winograd_conv3x3(a, b, c),
+            "conv2d": lambda a, b, c: F.conv2d(a, b, c, padding=1),
+        }
+        if needs_grad:
+            grad = torch.ones((x.shape[0], conv.out_channels) + tuple(x.shape[2:]),
+                              dtype=x.dtype)
+            flags = (x.requires_grad, conv.weight.requires_grad,
+                     conv.bias is not None and conv.bias.requires_grad)
+
+            def run(path):
+                leaves = [t.detach().requires_grad_(f) if t is not None else None
+                          for t, f in zip((xd, weight, bias), flags)]
+                with torch.enable_grad():
+                    paths[path](*leaves).backward(grad)
+        else:
+            def run(path):
+                with torch.no_grad():
+                    paths[path](xd, weight, bias)
+
+        best = {name: math.inf for name in paths}
+        for name in paths:  # warm-up (first-touch allocations, oneDNN primitive creation)
+            run(name)
+        for r in range(self.rounds):
+            for name in (paths if r % 2 == 0 else list(paths)[::-1]):
+                t0 = time.perf_counter()
+                run(name)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        return PathChoice(
+            winograd=best["winograd"] < self.margin * best["conv2d"],
+            winograd_ms=best["winograd"] * 1e3,
+            conv2d_ms=best["conv2d"] * 1e3,
+        )
+
+
+#: The process-wide tuner of every WinogradConv2d in mode "auto".
+TUNER = ConvPathTuner()
 
 
 def _is_plain_3x3(conv: nn.Module) -> bool:
@@ -290,13 +458,19 @@ def _is_plain_3x3(conv: nn.Module) -> bool:
 
 
 class WinogradConv2d(nn.Conv2d):
-    """A 3x3, stride-1, padding-1 ``nn.Conv2d`` that runs as :func:`winograd_conv3x3` where that
-    is faster (:func:`winograd_pays_off`) and as ``nn.Conv2d`` otherwise (GPU, other dtypes,
-    small maps, TorchScript tracing and scripting). Same parameters and state dict keys as
-    ``nn.Conv2d``."""
+    """A 3x3, stride-1, padding-1 ``nn.Conv2d`` that may run as :func:`winograd_conv3x3`.
 
-    def __init__(self, *args, **kwargs):
+    ``mode`` (see :data:`WINOGRAD_MODES`): "auto" (the default) takes whichever of the two
+    paths :data:`TUNER` measured faster for this kind of call on this machine; True takes
+    Winograd wherever it is supported (:func:`winograd_supported`); False is ``nn.Conv2d``.
+    Unsupported inputs (GPU, other dtypes, autocast) and TorchScript tracing and scripting
+    always take ``nn.Conv2d``. Same parameters and state dict keys as ``nn.Conv2d``.
+    """
+
+    def __init__(self, *args, mode: Union[str, bool] = "auto", **kwargs):
+        self_mode = check_winograd_mode("WinogradConv2d mode", mode)
         super().__init__(*args, **kwargs)
+        self.mode = self_mode
         if not _is_plain_3x3(self):
             raise ValueError(
                 "WinogradConv2d is a 3x3 convolution with stride 1, padding 1, dilation 1, "
@@ -304,31 +478,42 @@ class WinogradConv2d(nn.Conv2d):
             )
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "WinogradConv2d":
+    def from_conv(cls, conv: nn.Conv2d, mode: Union[str, bool] = "auto") -> "WinogradConv2d":
         """A WinogradConv2d holding ``conv``'s own weight and bias Parameters (not copies)."""
         new = cls(
             conv.in_channels, conv.out_channels, 3, padding=1, bias=conv.bias is not None,
             device="meta",  # no allocation and no draw from the random generator
+            mode=mode,
         )
         new.weight = conv.weight
         new.bias = conv.bias
         new.train(conv.training)
         return new
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mode={self.mode!r}"
+
     def forward(self, x: Tensor) -> Tensor:
         if (
             torch.jit.is_scripting()
             or torch.jit.is_tracing()
-            or not winograd_pays_off(x, self)
+            or self.mode is False
+            or not winograd_supported(x)
         ):
             return super().forward(x)
+        if self.mode == "auto":
+            needs_grad = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, self.weight, self.bias)
+            )
+            if not TUNER.use_winograd(x, self, needs_grad):
+                return super().forward(x)
         return winograd_conv3x3(x, self.weight, self.bias)
 
 
-def use_winograd_convs(module: nn.Module) -> int:
+def use_winograd_convs(module: nn.Module, mode: Union[str, bool] = "auto") -> int:
     """Replace every submodule of ``module`` whose type is exactly ``nn.Conv2d`` and that is a
     plain 3x3 convolution (stride 1, padding 1, no dilation or groups) by a
-    :class:`WinogradConv2d` sharing its Parameters. Call it before building an optimizer (the
+    :class:`WinogradConv2d` in ``mode`` sharing its Parameters. Call it before building an optimizer (the
     Parameters are the same objects, so one built before also keeps working).
 
     Returns:
@@ -338,6 +523,6 @@ def use_winograd_convs(module: nn.Module) -> int:
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Conv2d and _is_plain_3x3(child):
-                setattr(parent, name, WinogradConv2d.from_conv(child))
+                setattr(parent, name, WinogradConv2d.from_conv(child, mode))
                 replaced += 1
     return replaced

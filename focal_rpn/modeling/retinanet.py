@@ -8,7 +8,7 @@ Shape vocabulary:
     R: anchors of one image over all levels, sum over levels of Hi * Wi * A
 """
 import math
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ from ..config import (
 )
 from ..d2_adapter import dense_box_regression_loss, transpose_dense_predictions
 from ..layers import use_winograd_convs
+from ..layers.winograd import check_winograd_mode
 from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
 
 __all__ = ["FocalRetinaNet"]
@@ -90,9 +91,10 @@ class FocalRetinaNet(RetinaNet):
     The EMA of the number of foreground anchors that normalises the losses is a buffer
     (``loss_normalizer``), so it is saved in checkpoints and a resumed run continues with it.
 
-    With ``winograd=True`` the head's 3x3 convolutions are ``focal_rpn.layers.WinogradConv2d``:
-    the same parameters, computed as Winograd F(4x4, 3x3) on CPU where that is faster (wide
-    convolutions on large maps), as ``nn.Conv2d`` everywhere else (GPU included).
+    The head's 3x3 convolutions are ``focal_rpn.layers.WinogradConv2d`` unless ``winograd`` is
+    False: the same parameters, computed as Winograd F(4x4, 3x3) on CPU where that was measured
+    faster on this machine (``winograd="auto"``, the default) or wherever supported
+    (``winograd=True``), as ``nn.Conv2d`` everywhere else (GPU included).
 
     With ``channels_last=True`` the convolution weights and the input images are in
     channels-last (NHWC) memory format, which the convolutions then keep: the same results,
@@ -104,7 +106,7 @@ class FocalRetinaNet(RetinaNet):
         self,
         *,
         activation: str = "sigmoid",
-        winograd: bool = True,
+        winograd: Union[str, bool] = "auto",
         channels_last: bool = False,
         softmax_prior_prob: Optional[float] = None,
         **kwargs,
@@ -113,7 +115,9 @@ class FocalRetinaNet(RetinaNet):
         Args:
             activation: "sigmoid" or "softmax". With "softmax", ``head`` must predict
                 ``num_classes + 1`` logits per anchor.
-            winograd: run the head's 3x3 convolutions through ``WinogradConv2d``.
+            winograd: the mode of the head's 3x3 convolutions: "auto" (``WinogradConv2d``
+                times both paths at first use), True (always Winograd on CPU float32) or
+                False (plain ``nn.Conv2d``).
             channels_last: keep the weights of 4-d parameters and the images in
                 channels-last memory format.
             softmax_prior_prob: with "softmax", set the head's class bias so that
@@ -123,7 +127,6 @@ class FocalRetinaNet(RetinaNet):
             kwargs: the arguments of detectron2's ``RetinaNet``.
         """
         check_activation("activation", activation)
-        check_bool("winograd", winograd)
         check_bool("channels_last", channels_last)
         super().__init__(**kwargs)
         check_head_logits(
@@ -137,8 +140,9 @@ class FocalRetinaNet(RetinaNet):
                     f"'softmax', not {activation!r} (RetinaNetHead's prior_prob sets the bias)"
                 )
             init_softmax_class_bias(self.head.cls_score, self.num_classes, softmax_prior_prob)
-        if winograd:
-            use_winograd_convs(self.head)
+        winograd = check_winograd_mode("winograd", winograd)
+        if winograd is not False:
+            use_winograd_convs(self.head, winograd)
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -157,13 +161,15 @@ class FocalRetinaNet(RetinaNet):
         check_alpha("MODEL.RETINANET.FOCAL_LOSS_ALPHA", cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA)
         check_gamma("MODEL.RETINANET.FOCAL_LOSS_GAMMA", cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA)
         check_probability("MODEL.RETINANET.PRIOR_PROB", cfg.MODEL.RETINANET.PRIOR_PROB)
-        check_bool("MODEL.FOCAL_RETINANET.WINOGRAD", cfg.MODEL.FOCAL_RETINANET.WINOGRAD)
+        winograd = check_winograd_mode(
+            "MODEL.FOCAL_RETINANET.WINOGRAD", cfg.MODEL.FOCAL_RETINANET.WINOGRAD
+        )
         check_bool(
             "MODEL.FOCAL_RETINANET.CHANNELS_LAST", cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST
         )
         ret = super().from_config(cfg)
         ret["activation"] = activation
-        ret["winograd"] = cfg.MODEL.FOCAL_RETINANET.WINOGRAD
+        ret["winograd"] = winograd
         ret["channels_last"] = cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST
         if activation == "softmax":
             ret["head"] = _build_softmax_head(cfg, ret["backbone"])
