@@ -53,9 +53,20 @@ def start_training(output_dir, dataset_arg, workers):
     return proc, log
 
 
-def wait_for(path, proc, log, timeout=240):
+def _tagged(out, name):
+    """last_checkpoint in ``out`` names ``name`` or a later checkpoint."""
+    try:
+        with open(os.path.join(out, "last_checkpoint")) as f:
+            return f.read().strip() >= name
+    except OSError:
+        return False
+
+
+def wait_for(path, proc, log, timeout=240, tagged=False):
+    """Wait until ``path`` exists (and with ``tagged``, until last_checkpoint names it or a
+    later checkpoint: the checkpointer writes the file first and the tag after it)."""
     deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+    while not os.path.exists(path) or (tagged and not _tagged(os.path.dirname(path), os.path.basename(path))):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             log.seek(0)
@@ -116,7 +127,7 @@ def test_sigkill_loses_only_the_work_since_the_last_checkpoint_and_resume_contin
         tmp_path, dataset_arg):
     out = tmp_path / "out"
     proc, log = start_training(out, dataset_arg, workers=0)
-    wait_for(out / "model_0000003.pth", proc, log)
+    wait_for(out / "model_0000003.pth", proc, log, tagged=True)
     proc.send_signal(signal.SIGKILL)
     finish(proc, log)
     assert proc.returncode == -signal.SIGKILL
