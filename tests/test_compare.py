@@ -56,14 +56,20 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory, tiny_data):
     out = tmp_path_factory.mktemp("compare_rpn") / "out"
-    rc = compare_rpn.main(["--output-dir", str(out), "--iters", str(ITERS), "--seeds", "0,1",
-                           "--bootstrap", "30"] + tiny_data + TINY_OPTS)
+    cwd = tmp_path_factory.mktemp("compare_cwd")  # the configs' relative OUTPUT_DIRs land here
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        rc = compare_rpn.main(["--output-dir", str(out), "--iters", str(ITERS), "--seeds", "0,1",
+                               "--bootstrap", "30"] + tiny_data + TINY_OPTS)
+    finally:
+        os.chdir(previous)
     with open(out / "comparison.json") as f:
-        return rc, out, json.load(f)
+        return rc, out, json.load(f), cwd
 
 
 def test_every_output_is_written_and_every_run_succeeds(comparison):
-    rc, out, doc = comparison
+    rc, out, doc, _ = comparison
     assert rc == 0
     for name in ["comparison.md", "comparison.json", "comparison.png", "proposal_recall.png",
                  "rpn_losses.png", "losses.png"]:
@@ -82,8 +88,13 @@ def test_every_output_is_written_and_every_run_succeeds(comparison):
         assert f"MAX_ITER: {ITERS}" in cfg and f"SEED: {run['seed']}" in cfg
 
 
+def test_nothing_is_written_outside_the_output_dir(comparison):
+    *_, cwd = comparison
+    assert list(cwd.iterdir()) == []  # e.g. no classes.json in a config's default OUTPUT_DIR
+
+
 def test_per_run_numbers_are_each_runs_own_evaluation(comparison):
-    _, _, doc = comparison
+    _, _, doc, _ = comparison
     for run in doc["runs"]:
         with open(os.path.join(run["output_dir"], "eval_results.json")) as f:
             own = json.load(f)
@@ -101,7 +112,7 @@ def test_per_run_numbers_are_each_runs_own_evaluation(comparison):
 
 
 def test_summaries_and_t_intervals_equal_a_recomputation_from_the_per_seed_numbers(comparison):
-    _, _, doc = comparison
+    _, _, doc, _ = comparison
     per_seed = {}
     for run in doc["runs"]:
         for metric, v in run["metrics"].items():
@@ -136,7 +147,7 @@ def test_summaries_and_t_intervals_equal_a_recomputation_from_the_per_seed_numbe
 
 
 def test_verdicts_follow_the_intervals(comparison):
-    _, _, doc = comparison
+    _, _, doc, _ = comparison
     for name in MODELS[1:]:
         for metric, d in doc["differences"][name].items():
             intervals = [iv for iv in (d["t_interval"], d["bootstrap_interval"]) if iv is not None]
@@ -150,7 +161,7 @@ def test_verdicts_follow_the_intervals(comparison):
 
 
 def test_markdown_shows_means_with_spread_and_each_verdict(comparison):
-    _, out, doc = comparison
+    _, out, doc, _ = comparison
     text = (out / "comparison.md").read_text()
     ap = doc["summary"]["FL-RPN sigmoid"]["AP"]
     assert f"| FL-RPN sigmoid | {ap['mean']:.1f} ± {ap['std']:.1f} |" in text
@@ -163,7 +174,7 @@ def test_proposal_recall_plot_has_a_curve_per_model(comparison):
     import matplotlib.image
     from matplotlib.colors import to_rgb
 
-    _, out, _ = comparison
+    _, out, _, _ = comparison
     image = matplotlib.image.imread(out / "proposal_recall.png")[..., :3]
     for i in range(len(MODELS)):
         colour = np.array(to_rgb(f"C{i}"))

@@ -119,7 +119,8 @@ def _test_ground_truth(cfg, args, test_dataset) -> Optional[dict]:
 
     from ..engine.trainer import prepare_datasets
 
-    prepare_datasets(cfg, argparse.Namespace(dataset=list(args.dataset)))
+    # as --eval-only does: register and check, write nothing into the config's OUTPUT_DIR
+    prepare_datasets(cfg, argparse.Namespace(dataset=list(args.dataset), eval_only=True))
     json_file = getattr(MetadataCatalog.get(test_dataset), "json_file", None)
     return read_json(json_file) if json_file else None
 
