@@ -64,6 +64,7 @@ def main():
     parser.add_argument("--tarball", default=DEFAULT_TARBALL)
     parser.add_argument("--force", action="store_true", help="rebuild detectron2 even if present")
     args = parser.parse_args()
+    args.venv = os.path.abspath(args.venv)  # the import check below runs in another folder
     if not os.path.isfile(args.tarball):
         print(f"[install_detectron2_main] {os.path.normpath(args.tarball)} is absent: "
               "the detectron2 main leg is skipped")
