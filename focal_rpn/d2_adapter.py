@@ -219,5 +219,9 @@ class CheckpointerWithFileReader:
         return read()
 
     def load_file(self, filename):
-        """The checkpoint dict of one file, read as ``load`` reads it (for checks before loading)."""
-        return self._load_file(filename)
+        """The checkpoint dict of one .pth file (for checks before loading), read by fvcore's
+        plain reader: detectron2 main's ``_load_file`` may only run inside ``load`` (it asserts
+        the URL it parsed there)."""
+        from fvcore.common.checkpoint import Checkpointer
+
+        return self.read_checkpoint_file(filename, lambda: Checkpointer._load_file(self, filename))
