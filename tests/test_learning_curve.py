@@ -132,3 +132,23 @@ def test_a_point_is_the_recipes_schedule_shape_at_its_length():
     assert sched["max_iter"] == 750
     assert sched["steps"] == tuple(round(s * 750 / cfg.SOLVER.MAX_ITER) for s in cfg.SOLVER.STEPS)
     assert sched["warmup_iters"] == round(cfg.SOLVER.WARMUP_ITERS * 750 / cfg.SOLVER.MAX_ITER)
+
+
+def test_an_edited_config_file_is_never_taken_for_its_earlier_run(tmp_path, tiny_data):
+    """Same path, same options, other content (here its _BASE_ file): retrained, the earlier
+    run moved aside."""
+    import shutil
+
+    for name in ("quick_retinanet_R18.yaml", "Base-RetinaNet.yaml"):
+        shutil.copy(os.path.join(REPO, "configs", name), tmp_path / name)
+    config = str(tmp_path / "quick_retinanet_R18.yaml")
+    argv = ["--config-file", config, "--iters", "2", "--output-dir", str(tmp_path / "out")] + tiny_data + TINY_OPTS
+    assert learning_curve.main(argv) == 0
+    weights = tmp_path / "out" / "it2" / "seed0" / "model_final.pth"
+    mtime = weights.stat().st_mtime_ns
+    assert learning_curve.main(argv) == 0 and weights.stat().st_mtime_ns == mtime  # reused
+    base = tmp_path / "Base-RetinaNet.yaml"
+    base.write_text(base.read_text().replace("PRIOR_PROB: 0.01", "PRIOR_PROB: 0.02"))
+    assert learning_curve.main(argv) == 0
+    assert weights.stat().st_mtime_ns != mtime
+    assert [p.name.startswith("seed0.previous-") for p in (tmp_path / "out" / "it2").iterdir()].count(True) == 1

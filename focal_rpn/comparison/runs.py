@@ -6,6 +6,7 @@ An entry is a config file plus options. ``--config [NAME=]FILE`` gives one per f
 entry is the baseline that every other one is compared against.
 """
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -149,6 +150,7 @@ class Run:
     wall_seconds: Optional[float] = None
     peak_rss_mb: Optional[float] = None
     reused: bool = False
+    config_sha256: Optional[str] = None  # config_digest() when training started
 
     def command(self, dataset_specs: Sequence[str], num_gpus: int) -> List[str]:
         cmd = [sys.executable, TRAIN_NET, "--config-file", self.entry.config_file,
@@ -157,26 +159,42 @@ class Run:
             cmd += ["--dataset", spec]
         return cmd + self.options + ["OUTPUT_DIR", self.output_dir]
 
+    def config_digest(self) -> str:
+        """sha256 of the fully resolved config this run trains: its file, the ``_BASE_`` files
+        that file names, detectron2's defaults and the options. An edited config file gives a
+        new digest, so an earlier run of the old file is never taken for this one."""
+        cfg = entry_config(Entry(self.entry.name, self.entry.config_file, []), self.options)
+        return hashlib.sha256(cfg.dump().encode()).hexdigest()
+
     def record(self) -> dict:
         return {"config_file": self.entry.config_file, "options": self.options,
+                "config_sha256": self.config_sha256 or self.config_digest(),
                 "returncode": self.returncode, "wall_seconds": self.wall_seconds,
                 "peak_rss_mb": self.peak_rss_mb}
 
     def finished_record(self) -> Optional[dict]:
-        """The record of an earlier identical run of this folder that succeeded, else None."""
+        """The record of an earlier identical run of this folder that succeeded (same config
+        file, options and resolved config), else None."""
         try:
             with open(os.path.join(self.output_dir, RUN_RECORD)) as f:
                 rec = json.load(f)
         except (OSError, ValueError):
             return None
         same = rec.get("config_file") == self.entry.config_file and rec.get("options") == self.options
-        return rec if same and rec.get("returncode") == 0 else None
+        if not same or rec.get("returncode") != 0:
+            return None
+        try:
+            unchanged = rec.get("config_sha256") == self.config_digest()
+        except ValueError:  # the file no longer reads as a config: nothing to reuse
+            return None
+        return rec if unchanged else None
 
 
 def train(run: Run, dataset_specs: Sequence[str], num_gpus: int, log=print) -> Run:
     """Train + evaluate ``run`` in a subprocess (its log in train_net.stdout.txt); fill in its
     return code, wall time and peak resident memory (of that process, from wait4)."""
     cmd = run.command(dataset_specs, num_gpus)
+    run.config_sha256 = run.config_digest()  # what this run trains, before the file can change
     log("    " + " ".join(shlex.quote(c) for c in cmd))
     os.makedirs(run.output_dir, exist_ok=True)
     start = time.time()
