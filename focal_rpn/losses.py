@@ -378,28 +378,49 @@ def _sigmoid_soft_kernel(
     return loss, (G, none, G.new_empty((0,)), M)
 
 
-class _SigmoidFocalSoftFn(torch.autograd.Function):
-    """sigmoid focal loss of logits (M, 1) with soft targets (M, 1) in [0, 1]."""
+class _ClosedFormFocalFn(torch.autograd.Function):
+    """The sigmoid focal Functions whose kernel computes the loss and, in the same pass, the
+    gradient in closed form (the state that :func:`_sparse_backward` scales).
+
+    A subclass sets ``kernel(logits, target, alpha, gamma, reduction, need_grad) -> (loss,
+    state)`` and ``alpha_weights_negatives`` (False where the kernel's gradient already holds
+    alpha). The backward consumes the state; a second backward through the same graph
+    recomputes it.
+    """
+
+    alpha_weights_negatives = True
 
     @staticmethod
-    def forward(ctx, logits, targets, alpha, gamma, reduction):
-        loss, state = _sigmoid_soft_kernel(logits, targets, alpha, gamma, reduction, True)
-        ctx.save_for_backward(logits, targets)
+    def kernel(logits, target, alpha, gamma, reduction, need_grad):
+        raise NotImplementedError
+
+    @classmethod
+    def forward(cls, ctx, logits, target, alpha, gamma, reduction):
+        loss, state = cls.kernel(logits, target, alpha, gamma, reduction, True)
+        ctx.save_for_backward(logits, target)
         ctx.conf = (alpha, gamma, reduction)
         ctx.state = state
         return loss
 
-    @staticmethod
+    @classmethod
     @once_differentiable
-    def backward(ctx, grad_out):
-        logits, targets = ctx.saved_tensors
+    def backward(cls, ctx, grad_out):
+        logits, target = ctx.saved_tensors
         alpha, gamma, reduction = ctx.conf
         state = ctx.state
         ctx.state = None  # the buffer is consumed (scaled in place) below
-        if state is None:  # a second backward through the same graph: recompute
-            _, state = _sigmoid_soft_kernel(logits, targets, alpha, gamma, reduction, True)
-        # alpha is already in G: no extra weight of "negatives"
-        return _sparse_backward(state, grad_out, -1.0, reduction, logits.dtype), None, None, None, None
+        if state is None:
+            _, state = cls.kernel(logits, target, alpha, gamma, reduction, True)
+        negatives_alpha = alpha if cls.alpha_weights_negatives else -1.0
+        grad = _sparse_backward(state, grad_out, negatives_alpha, reduction, logits.dtype)
+        return grad, None, None, None, None
+
+
+class _SigmoidFocalSoftFn(_ClosedFormFocalFn):
+    """sigmoid focal loss of logits (M, 1) with soft targets (M, 1) in [0, 1]."""
+
+    kernel = staticmethod(_sigmoid_soft_kernel)
+    alpha_weights_negatives = False  # alpha is already in the kernel's gradient
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,53 +621,24 @@ def _sigmoid_sparse_kernel(
     return loss, state
 
 
-class _SigmoidFocalLabelsFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, labels, alpha, gamma, reduction):
-        loss, state = _sigmoid_labels_kernel(logits, labels, alpha, gamma, reduction, True)
-        ctx.save_for_backward(logits, labels)
-        ctx.conf = (alpha, gamma, reduction)
-        ctx.state = state
-        return loss
+class _SigmoidFocalLabelsFn(_ClosedFormFocalFn):
+    """sigmoid focal loss of logits (R, K) with integer labels (R,)."""
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        logits, labels = ctx.saved_tensors
-        alpha, gamma, reduction = ctx.conf
-        state = ctx.state
-        ctx.state = None  # the buffer is consumed (scaled in place) below
-        if state is None:  # a second backward through the same graph: recompute
-            _, state = _sigmoid_labels_kernel(logits, labels, alpha, gamma, reduction, True)
-        return _sparse_backward(state, grad_out, alpha, reduction, logits.dtype), None, None, None, None
+    kernel = staticmethod(_sigmoid_labels_kernel)
 
 
-class _SigmoidFocalPositionsFn(torch.autograd.Function):
+def _sigmoid_positions_kernel(logits, flat_pos, alpha, gamma, reduction, need_grad):
+    """:func:`_sigmoid_sparse_kernel` with targets 1 at ``flat_pos`` (flat indices into the
+    (R, K) logits), 0 elsewhere, and no ignored rows."""
+    no_rows = flat_pos.new_empty((0,))
+    return _sigmoid_sparse_kernel(logits, flat_pos, no_rows, alpha, gamma, reduction, need_grad)
+
+
+class _SigmoidFocalPositionsFn(_ClosedFormFocalFn):
     """sigmoid focal loss of logits (R, K) with targets 1 at flat_pos, 0 elsewhere (the dense
     path for 0/1 targets)."""
 
-    @staticmethod
-    def forward(ctx, logits, flat_pos, alpha, gamma, reduction):
-        no_rows = flat_pos.new_empty((0,))
-        loss, state = _sigmoid_sparse_kernel(logits, flat_pos, no_rows, alpha, gamma, reduction, True)
-        ctx.save_for_backward(logits, flat_pos)
-        ctx.conf = (alpha, gamma, reduction)
-        ctx.state = state
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        logits, flat_pos = ctx.saved_tensors
-        alpha, gamma, reduction = ctx.conf
-        state = ctx.state
-        ctx.state = None  # the buffer is consumed (scaled in place) below
-        if state is None:  # a second backward through the same graph: recompute
-            no_rows = flat_pos.new_empty((0,))
-            _, state = _sigmoid_sparse_kernel(
-                logits, flat_pos, no_rows, alpha, gamma, reduction, True
-            )
-        return _sparse_backward(state, grad_out, alpha, reduction, logits.dtype), None, None, None, None
+    kernel = staticmethod(_sigmoid_positions_kernel)
 
 
 def _sparse_backward(state, grad_out: Tensor, alpha: float, reduction: str, dtype) -> Tensor:

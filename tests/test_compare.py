@@ -17,40 +17,30 @@ from scipy import stats as scipy_stats
 
 from focal_rpn.comparison import ComparisonError, parse_variant
 from focal_rpn.comparison.runs import build_entries
-from focal_rpn.data.synthetic import make_tiny_coco
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import compare  # noqa: E402
+from tiny_models import TINY_RUN_OPTS, tiny_dataset_args  # noqa: E402
 import compare_rpn  # noqa: E402
 
 ITERS = 3
 SEEDS = [0, 1]
 MODELS = ["RPN", "FL-RPN sigmoid", "FL-RPN softmax"]
 KEYS = ["rpn", "fl_rpn_sigmoid", "fl_rpn_softmax"]
-# Shrinks the quick configs to seconds: 64 px images, 2 per batch, small heads.
+# The quick configs shrunk to seconds: small heads, and TINY_RUN_OPTS (64 px images, 2 per batch).
 TINY_OPTS = [
-    "MODEL.DEVICE", "cpu",
     "MODEL.FPN.OUT_CHANNELS", "32",
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",  # untrained: keep detections, AP is a number
-    "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "128",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "DATALOADER.NUM_WORKERS", "0",
-]
+] + TINY_RUN_OPTS
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compare_data")
-    json_file, image_root = make_tiny_coco(root / "data", num_images=4, image_size=64)
-    return ["--dataset", f"cmp_tiny={json_file}:{image_root}",
-            "--dataset-train", "cmp_tiny", "--dataset-test", "cmp_tiny"]
+    return tiny_dataset_args(tmp_path_factory.mktemp("compare_data") / "data", "cmp_tiny")
 
 
 @pytest.fixture(scope="module")

@@ -12,32 +12,23 @@ import yaml
 from focal_rpn.comparison import ComparisonError
 from focal_rpn.comparison.learning_curve import parse_iters
 from focal_rpn.comparison.runs import fixed_schedule
-from focal_rpn.data.synthetic import make_tiny_coco
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import learning_curve  # noqa: E402
+from tiny_models import TINY_RUN_OPTS, tiny_dataset_args  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "quick_retinanet_R18.yaml")
+# the demo recipe shrunk to seconds: a 16-channel FPN and head, TINY_RUN_OPTS
 TINY_OPTS = [
-    "MODEL.DEVICE", "cpu",
     "MODEL.FPN.OUT_CHANNELS", "16",
     "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",  # untrained: keep detections, AP is a number
-    "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "INPUT.MAX_SIZE_TEST", "128",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "DATALOADER.NUM_WORKERS", "0",
-]
+] + TINY_RUN_OPTS
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("curve_data")
-    json_file, image_root = make_tiny_coco(root / "data", num_images=4, image_size=64)
-    return ["--dataset", f"curve_tiny={json_file}:{image_root}",
-            "--dataset-train", "curve_tiny", "--dataset-test", "curve_tiny"]
+    return tiny_dataset_args(tmp_path_factory.mktemp("curve_data") / "data", "curve_tiny")
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +83,8 @@ def test_second_call_reuses_finished_runs_adds_seeds_and_moves_others_aside(curv
     mtime = kept.stat().st_mtime_ns
     # it4/seed0 with other options: must not be reused, must not be deleted
     rc = learning_curve.main(["--config-file", CONFIG, "--iters", "2,4", "--seeds", "0,1",
-                              "--output-dir", str(out)] + tiny_data + TINY_OPTS[:-2] +
-                             ["DATALOADER.NUM_WORKERS", "0", "SOLVER.BASE_LR", "0.001"])
+                              "--output-dir", str(out)] + tiny_data + TINY_OPTS +
+                             ["SOLVER.BASE_LR", "0.001"])
     assert rc == 0
     # it2/seed0 also differs now (BASE_LR): moved aside, retrained
     assert kept.stat().st_mtime_ns != mtime
@@ -105,8 +96,8 @@ def test_second_call_reuses_finished_runs_adds_seeds_and_moves_others_aside(curv
     assert all(p["AP"]["n"] == 2 for p in doc["points"])
     mtime = kept.stat().st_mtime_ns
     rc = learning_curve.main(["--config-file", CONFIG, "--iters", "2", "--seeds", "0",
-                              "--output-dir", str(out)] + tiny_data + TINY_OPTS[:-2] +
-                             ["DATALOADER.NUM_WORKERS", "0", "SOLVER.BASE_LR", "0.001"])
+                              "--output-dir", str(out)] + tiny_data + TINY_OPTS +
+                             ["SOLVER.BASE_LR", "0.001"])
     assert rc == 0 and kept.stat().st_mtime_ns == mtime  # identical finished run: reused
 
 

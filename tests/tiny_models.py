@@ -75,3 +75,27 @@ def batched_inputs(num_images=2, num_boxes=3, size=IMAGE_SIZE, seed=0):
         image = torch.randint(0, 256, (3, size, size), generator=g).float()
         inputs.append({"image": image, "instances": instances, "height": size, "width": size})
     return inputs
+
+
+#: Shrinks the command lines of the quick (CPU) recipes to seconds: 64 px images, 2 per batch,
+#: no loader workers. Tools that train through train_net (compare, learning_curve) add these.
+TINY_RUN_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)",
+    "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "128",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "DATALOADER.NUM_WORKERS", "0",
+]
+
+
+def tiny_dataset_args(root, name):
+    """A 4-image generated COCO dataset under ``root``, as the tools' arguments that register
+    it as ``name`` and train and test on it."""
+    from focal_rpn.data.synthetic import make_tiny_coco
+
+    json_file, image_root = make_tiny_coco(root, num_images=4, image_size=64)
+    return ["--dataset", f"{name}={json_file}:{image_root}",
+            "--dataset-train", name, "--dataset-test", name]
+
