@@ -175,13 +175,13 @@ def test_fast_roi_align_defers_to_detectron2_off_the_fast_path(monkeypatch):
 
     m = FastROIAlign((2, 2), 1.0, 0, True)
     assert isinstance(m, ROIAlign) and "FastROIAlign(output_size=(2, 2)" in repr(m)
-    x = torch.randn(1, 2, 6, 6)
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
     rois = torch.tensor([[0.0, 1, 1, 4, 5]])
     calls = []
     monkeypatch.setattr(impl, "roi_align_cpu", lambda *a: calls.append(a) or tv_roi_align(*a))
     m(x, rois)
-    assert len(calls) == 1  # float32 CPU: the fast path
-    out = m(x.half(), rois)  # half: torchvision's kernel through detectron2's ROIAlign
+    assert len(calls) == 1  # float32 CPU with a gradient: the fast path
+    out = m(x.detach().half(), rois)  # half: torchvision's kernel through detectron2's ROIAlign
     assert len(calls) == 1 and out.dtype == torch.float16
     torch.testing.assert_close(out, tv_roi_align(x.half(), rois.half(), (2, 2), 1.0, 0, True))
 
@@ -221,3 +221,101 @@ def test_trainer_builds_faster_rcnn_with_fast_roi_align_and_retinanet_unchanged(
     assert [type(m) for m in faster.roi_heads.box_pooler.level_poolers] == [FastROIAlign] * 4
     retina = Trainer.build_model(tiny_cfg("quick_retinanet_R18.yaml"))
     assert not any(isinstance(m, ROIAlign) for m in retina.modules())
+
+
+# ------------------------------------------------ inference: the faster kernel, timed and cached
+class _TimedKernels:
+    """Both kernels of FastROIAlign with fake durations: each call advances a fake
+    time.perf_counter by what ``ms`` says and is recorded in ``calls``."""
+
+    def __init__(self, monkeypatch, ms):
+        import focal_rpn.layers.path_timing as path_timing
+        import focal_rpn.layers.roi_align as impl
+
+        self.now, self.ms, self.calls = 0.0, ms, []
+        monkeypatch.setattr(path_timing.time, "perf_counter", lambda: self.now)
+        sparse, stock = impl.roi_align_cpu, ROIAlign.forward
+
+        def timed_sparse(*args, **kwargs):
+            self.now += self.ms["sparse"] / 1e3
+            self.calls.append("sparse")
+            return sparse(*args, **kwargs)
+
+        def timed_stock(module, *args, **kwargs):
+            self.now += self.ms["torchvision"] / 1e3
+            self.calls.append("torchvision")
+            return stock(module, *args, **kwargs)
+
+        monkeypatch.setattr(impl, "roi_align_cpu", timed_sparse)
+        monkeypatch.setattr(ROIAlign, "forward", timed_stock)
+
+
+@pytest.fixture
+def inference_tuner(monkeypatch):
+    import focal_rpn.layers.roi_align as impl
+
+    fresh = impl.ROIAlignPathTuner(rounds=1)
+    monkeypatch.setattr(impl, "INFERENCE_TUNER", fresh)
+    return fresh
+
+
+@pytest.mark.parametrize("faster", ["sparse", "torchvision"])
+def test_inference_takes_the_measured_faster_kernel_once_timed(faster, inference_tuner, monkeypatch, caplog):
+    ms = {"sparse": 1.0, "torchvision": 5.0} if faster == "sparse" else {"sparse": 5.0, "torchvision": 1.0}
+    kernels = _TimedKernels(monkeypatch, ms)
+    m = FastROIAlign((7, 7), 1 / 8, 0, True)
+    x = torch.randn(1, 16, 32, 32)
+    rois = make_rois(50, 1, 256, min_wh=4, max_wh=120, seed=3)
+    with caplog.at_level("INFO", logger="focal_rpn.layers.roi_align"):
+        with torch.no_grad():
+            first = m(x, rois)
+            timed = list(kernels.calls)
+            second = m(x, rois)
+    assert sorted(set(timed)) == ["sparse", "torchvision"]  # both timed at the first call
+    assert kernels.calls[len(timed):] == [faster]  # then the choice, without timing again
+    (choice,) = inference_tuner.choices().values()
+    assert choice.sparse == (faster == "sparse")
+    expected = tv_roi_align(x, rois, (7, 7), 1 / 8, 0, True)
+    torch.testing.assert_close(first, expected, **TOL)
+    torch.testing.assert_close(second, expected, **TOL)
+    logged = [r.getMessage() for r in caplog.records if "ROIAlign inference" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].endswith("sparse (focal_rpn)" if faster == "sparse" else "torchvision")
+
+
+def test_a_near_tie_stays_on_torchvision(inference_tuner, monkeypatch):
+    _TimedKernels(monkeypatch, {"sparse": 0.95, "torchvision": 1.0})  # 5% faster: within the margin
+    with torch.no_grad():
+        FastROIAlign((7, 7), 1 / 8, 0, True)(torch.randn(1, 8, 16, 16), make_rois(10, 1, 128, min_wh=4))
+    (choice,) = inference_tuner.choices().values()
+    assert not choice.sparse
+
+
+def test_training_always_takes_the_sparse_kernel_untimed(inference_tuner, monkeypatch):
+    kernels = _TimedKernels(monkeypatch, {"sparse": 5.0, "torchvision": 1.0})
+    x = torch.randn(1, 8, 16, 16, requires_grad=True)
+    FastROIAlign((7, 7), 1 / 8, 0, True)(x, make_rois(10, 1, 128, min_wh=4)).sum().backward()
+    assert kernels.calls == ["sparse"] and not inference_tuner.choices()
+    assert x.grad is not None
+
+
+def test_inference_under_deterministic_algorithms_takes_torchvision_untimed(inference_tuner, monkeypatch):
+    kernels = _TimedKernels(monkeypatch, {"sparse": 1.0, "torchvision": 5.0})
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.no_grad():
+            FastROIAlign((7, 7), 1 / 8, 0, True)(torch.randn(1, 8, 16, 16), make_rois(10, 1, 128, min_wh=4))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert kernels.calls == ["torchvision"] and not inference_tuner.choices()
+
+
+def test_inference_kinds_of_call_are_timed_apart(inference_tuner, monkeypatch):
+    _TimedKernels(monkeypatch, {"sparse": 1.0, "torchvision": 5.0})
+    m = FastROIAlign((7, 7), 1 / 8, 0, True)
+    with torch.no_grad():
+        m(torch.randn(1, 8, 16, 16), make_rois(10, 1, 128, min_wh=4, seed=1))
+        m(torch.randn(1, 8, 16, 16), make_rois(11, 1, 128, min_wh=4, seed=2))  # same bucket of rois
+        m(torch.randn(1, 8, 16, 16), make_rois(200, 1, 128, min_wh=4, seed=3))  # another
+        m(torch.randn(1, 8, 64, 64), make_rois(10, 1, 512, min_wh=4, seed=4))  # another map size
+    assert len(inference_tuner.choices()) == 3

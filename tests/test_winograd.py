@@ -11,6 +11,7 @@ from detectron2.layers import Conv2d as D2Conv2d
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+import focal_rpn.layers.path_timing as path_timing
 import focal_rpn.layers.winograd as winograd
 from focal_rpn.layers import WinogradConv2d, use_winograd_convs, winograd_conv3x3
 
@@ -287,7 +288,7 @@ class _FakeClock:
 
     def __init__(self, monkeypatch, ms):
         self.now, self.ms, self.calls = 0.0, ms, []
-        monkeypatch.setattr(winograd.time, "perf_counter", self)
+        monkeypatch.setattr(path_timing.time, "perf_counter", self)
         original = winograd.winograd_conv3x3
 
         def timed_winograd(*args, **kwargs):

@@ -30,7 +30,10 @@ coordinates at or past the last pixel are snapped to it, and the sample is the b
 interpolation of its four neighbours. The bin's value is the sum of its samples divided by
 ``max(grid_h * grid_w, 1)``. The roi's image is ``int(rois[:, 0])`` (truncated).
 """
-from typing import Tuple, Union
+import logging
+import math
+from dataclasses import dataclass
+from typing import Dict, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +42,14 @@ from torch.autograd.function import once_differentiable
 
 from detectron2.layers import ROIAlign
 
-__all__ = ["roi_align_cpu", "FastROIAlign", "use_fast_roi_align", "roi_align_weights"]
+from .path_timing import best_times
+
+__all__ = [
+    "roi_align_cpu", "FastROIAlign", "use_fast_roi_align", "roi_align_weights",
+    "ROIAlignPathTuner",
+]
+
+logger = logging.getLogger(__name__)
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 
@@ -296,10 +306,97 @@ def roi_align_cpu(
                                    int(sampling_ratio), bool(aligned))
 
 
+@dataclass
+class ROIAlignChoice:
+    """The outcome of timing one :class:`ROIAlignPathTuner` key (best of the rounds, ms)."""
+
+    sparse: bool
+    sparse_ms: float
+    torchvision_ms: float
+
+
+class ROIAlignPathTuner:
+    """Chooses, per kind of call *without autograd* (inference), between :func:`roi_align_cpu`
+    and torchvision's kernel by timing both once on the call's own tensors and caching the
+    choice, as ``cudnn.benchmark`` does.
+
+    Why only without autograd: roi_align_cpu's gain is its backward (forward + backward 5-10x
+    faster than torchvision's, ``benchmarks/bench_roi_align.py``), so training always takes it.
+    Its forward alone rebuilds the sparse weights at every call and wins or loses against
+    torchvision's single-threaded forward depending on the CPU, its threads and the rois
+    (1000 rois on a 32 x 32 x 64 map, one thread, a 2-core AVX-512 VM on 2026-12-02: 23.7 ms
+    against 16.6 ms, the weights 15.7 ms of it).
+
+    A kind of call (:meth:`key`): channels, images, the map size in quarter-octave buckets of
+    pixels, the roi count in half-octave buckets, output size, sampling ratio, aligned, dtype
+    and thread count. roi_align_cpu is chosen only if at least ``1 - margin`` faster: ties stay
+    on torchvision's, the reference. The two agree within float rounding (tests/test_roi_align.py);
+    with ``torch.use_deterministic_algorithms(True)`` nothing is timed and torchvision's runs.
+    Every choice is logged once, at INFO.
+    """
+
+    def __init__(self, rounds: int = 3, margin: float = 0.9):
+        self.rounds = rounds
+        self.margin = margin
+        self._choices: Dict[tuple, ROIAlignChoice] = {}
+
+    @staticmethod
+    def key(input: Tensor, rois: Tensor, module: ROIAlign) -> tuple:
+        n, c, h, w = input.shape
+        return (c, n, round(4 * math.log2(max(h * w, 1))), round(2 * math.log2(rois.shape[0] + 1)),
+                _pair(module.output_size), module.sampling_ratio, bool(module.aligned),
+                input.dtype, torch.get_num_threads())
+
+    def choices(self) -> Dict[tuple, ROIAlignChoice]:
+        """A copy of the choices made so far, by key."""
+        return dict(self._choices)
+
+    def clear(self) -> None:
+        """Forget every choice: the next calls time again."""
+        self._choices.clear()
+
+    def use_sparse(self, input: Tensor, rois: Tensor, module: ROIAlign) -> bool:
+        """Whether ``module(input, rois)`` without autograd should run :func:`roi_align_cpu`."""
+        if torch.are_deterministic_algorithms_enabled() or rois.shape[0] == 0:
+            return False
+        key = self.key(input, rois, module)
+        choice = self._choices.get(key)
+        if choice is None:
+            choice = self._time(input, rois, module)
+            self._choices[key] = choice
+            n, c, h, w = input.shape
+            logger.info(
+                "ROIAlign inference, %d rois on %dx%dx%dx%d (%s, %d threads): sparse %.2f ms, "
+                "torchvision %.2f ms -> %s", rois.shape[0], n, c, h, w, str(input.dtype)[6:],
+                key[-1], choice.sparse_ms, choice.torchvision_ms,
+                "sparse (focal_rpn)" if choice.sparse else "torchvision",
+            )
+        return choice.sparse
+
+    def _time(self, input: Tensor, rois: Tensor, module: ROIAlign) -> ROIAlignChoice:
+        rois = rois.to(dtype=input.dtype)
+        args = (module.output_size, module.spatial_scale, module.sampling_ratio, module.aligned)
+        with torch.no_grad():
+            best = best_times({
+                "sparse": lambda: roi_align_cpu(input, rois, *args),
+                "torchvision": lambda: ROIAlign.forward(module, input, rois),
+            }, self.rounds)
+        return ROIAlignChoice(
+            sparse=best["sparse"] < self.margin * best["torchvision"],
+            sparse_ms=best["sparse"] * 1e3, torchvision_ms=best["torchvision"] * 1e3,
+        )
+
+
+#: The process-wide tuner of every FastROIAlign's inference calls.
+INFERENCE_TUNER = ROIAlignPathTuner()
+
+
 class FastROIAlign(ROIAlign):
     """detectron2's ``ROIAlign`` (same constructor and attributes) whose forward on CPU
-    float32/float64 inputs is :func:`roi_align_cpu`; any other input (CUDA, half, quantized)
-    and TorchScript scripting/tracing take detectron2's (torchvision's) path unchanged.
+    float32/float64 inputs is :func:`roi_align_cpu` when a gradient is needed (training);
+    without one (inference) it is the faster of the two as timed on this machine by
+    :data:`INFERENCE_TUNER`. Any other input (CUDA, half, quantized) and TorchScript
+    scripting/tracing take detectron2's (torchvision's) path unchanged.
 
     forward(input (N, C, H, W), rois (R, 5) [batch index, x1, y1, x2, y2]) -> (R, C, PH, PW).
     """
@@ -321,6 +418,9 @@ class FastROIAlign(ROIAlign):
             and not torch.jit.is_tracing()
         ):
             assert rois.dim() == 2 and rois.size(1) == 5, f"rois must be (R, 5), got {rois.shape}"
+            needs_grad = torch.is_grad_enabled() and input.requires_grad
+            if not needs_grad and not INFERENCE_TUNER.use_sparse(input, rois, self):
+                return super().forward(input, rois)
             return roi_align_cpu(input, rois.to(dtype=input.dtype), self.output_size,
                                  self.spatial_scale, self.sampling_ratio, self.aligned)
         return super().forward(input, rois)

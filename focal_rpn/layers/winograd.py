@@ -38,7 +38,6 @@ Shapes: N images, C in-channels, K out-channels, H x W map, T = N * ceil(H/4) * 
 """
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
 
@@ -46,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from .path_timing import best_times
 
 __all__ = [
     "winograd_conv3x3",
@@ -425,14 +426,7 @@ class ConvPathTuner:
                 with torch.no_grad():
                     paths[path](xd, weight, bias)
 
-        best = {name: math.inf for name in paths}
-        for name in paths:  # warm-up (first-touch allocations, oneDNN primitive creation)
-            run(name)
-        for r in range(self.rounds):
-            for name in (paths if r % 2 == 0 else list(paths)[::-1]):
-                t0 = time.perf_counter()
-                run(name)
-                best[name] = min(best[name], time.perf_counter() - t0)
+        best = best_times({name: (lambda name=name: run(name)) for name in paths}, self.rounds)
         return PathChoice(
             winograd=best["winograd"] < self.margin * best["conv2d"],
             winograd_ms=best["winograd"] * 1e3,
