@@ -40,9 +40,11 @@ def add_focal_rpn_config(cfg):
         # take the string "auto" as well as the booleans of older configs.
         _C.MODEL.FOCAL_RETINANET.WINOGRAD = None
     if "CHANNELS_LAST" not in _C.MODEL.FOCAL_RETINANET:
-        # Convolutions in channels-last (NHWC) memory format: oneDNN on CPU skips its layout
-        # reorders (measured speed-up: README, Configs); off by default.
-        _C.MODEL.FOCAL_RETINANET.CHANNELS_LAST = False
+        # Weights and images in channels-last (NHWC) memory format, which oneDNN's CPU
+        # convolutions take without layout reorders (measured: README, Benchmarks). "auto":
+        # channels-last where the model runs on CPU, the layout as built elsewhere (GPU);
+        # True / False: always / never. None (the default) means "auto", as for WINOGRAD.
+        _C.MODEL.FOCAL_RETINANET.CHANNELS_LAST = None
     if "OPTIMIZER" not in _C.SOLVER:
         # "SGD" (detectron2's, the default) or "AdamW" (focal_rpn.engine.optim); both use
         # SOLVER.BASE_LR, the weight decay keys, the LR schedule and CLIP_GRADIENTS.
@@ -75,6 +77,19 @@ def check_activation(key, value):
 def check_bool(key, value):
     if not isinstance(value, bool):
         raise ValueError(f"{key} = {value!r} is not allowed: use True or False")
+
+
+def check_channels_last_mode(key, value):
+    """The mode named by ``value`` ("auto", or None for "auto"; True; False). Raises
+    ValueError naming ``key``, the value and the allowed ones otherwise."""
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return "auto"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(
+        f"{key} = {value!r} is not allowed: use \"auto\" (channels-last on CPU, the default), "
+        "True (always channels-last) or False (never)"
+    )
 
 
 def check_alpha(key, value):

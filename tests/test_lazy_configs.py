@@ -85,10 +85,21 @@ def yaml_cfg(name):
     return cfg
 
 
+def settled(model):
+    """``model`` after one forward if its channels_last is still "auto": built directly (as a
+    LazyConfig does) the device decides at the first forward; the yaml path settles it when the
+    model is built, from MODEL.DEVICE. Both end in eval mode."""
+    model.eval()
+    if getattr(model, "channels_last", None) == "auto":
+        with torch.no_grad():
+            model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 64, "width": 64}])
+    return model
+
+
 @pytest.mark.parametrize("lazy_name,yaml_name", QUICK_PAIRS)
 def test_quick_lazy_model_equals_yaml_model(lazy_name, yaml_name):
-    lazy_model = instantiate(load(lazy_name).model)
-    yaml_model = build_model(yaml_cfg(yaml_name))
+    lazy_model = settled(instantiate(load(lazy_name).model))
+    yaml_model = settled(build_model(yaml_cfg(yaml_name)))
     diff = differences(describe(lazy_model), describe(yaml_model))
     assert not diff, f"{lazy_name} and {yaml_name} build different models:\n" + "\n".join(diff[:40])
 

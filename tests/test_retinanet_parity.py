@@ -11,8 +11,13 @@ from detectron2.utils.events import EventStorage
 from tiny_models import batched_inputs, tiny_cfg, tiny_model
 
 
+# The parity tests compare the loss and inference code of the two in the same memory layout
+# (the "auto" default makes FocalRetinaNet channels-last on CPU; the layout is tested below).
+PLAIN = ["MODEL.FOCAL_RETINANET.CHANNELS_LAST", False]
+
+
 def stock_and_focal_with_same_weights():
-    focal = tiny_model("retinanet_R50.yaml")
+    focal = tiny_model("retinanet_R50.yaml", PLAIN)
     stock_cfg = tiny_cfg("retinanet_R50.yaml", ["MODEL.META_ARCHITECTURE", "RetinaNet"])
     stock = build_model(stock_cfg)
     assert type(stock).__name__ == "RetinaNet"
@@ -95,7 +100,7 @@ def test_loss_normalizer_is_saved_and_restored(tmp_path):
 
 # ------------------------------------------------------------------ channels-last memory format
 def _plain_and_channels_last_with_same_weights():
-    plain = tiny_model("retinanet_R50.yaml")
+    plain = tiny_model("retinanet_R50.yaml", PLAIN)
     fast = tiny_model("retinanet_R50.yaml", ["MODEL.FOCAL_RETINANET.CHANNELS_LAST", True])
     fast.load_state_dict(plain.state_dict(), strict=True)
     return plain, fast
@@ -143,8 +148,44 @@ def test_channels_last_gives_the_same_losses_gradients_and_detections():
         torch.testing.assert_close(a.scores, e.scores, rtol=1e-4, atol=1e-5)
 
 
-def test_bad_channels_last_value_names_the_key():
+@pytest.mark.parametrize("bad", [1, "yes", 0.5])
+def test_bad_channels_last_value_names_the_key(bad):
     cfg = tiny_cfg("retinanet_R50.yaml")
-    cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST = 1
-    with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.CHANNELS_LAST"):
+    cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST = bad
+    with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.CHANNELS_LAST.*auto"):
         build_model(cfg)
+
+
+def _is_channels_last(model) -> bool:
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
+@pytest.mark.parametrize("value", [None, "auto"])
+def test_auto_from_the_config_is_channels_last_on_cpu(value):
+    model = tiny_model("retinanet_R50.yaml", ["MODEL.FOCAL_RETINANET.CHANNELS_LAST", value])
+    assert model.channels_last is True and _is_channels_last(model)
+    assert model.preprocess_image(batched_inputs()).tensor.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_auto_from_the_config_keeps_the_layout_for_a_gpu_device():
+    from focal_rpn import FocalRetinaNet
+
+    cfg = tiny_cfg("retinanet_R50.yaml")
+    cfg.MODEL.DEVICE = "cuda:0"
+    assert FocalRetinaNet.from_config(cfg)["channels_last"] is False
+
+
+def test_auto_built_directly_settles_at_the_first_forward_on_its_device(caplog):
+    from focal_rpn import FocalRetinaNet
+
+    cfg = tiny_cfg("retinanet_R50.yaml", PLAIN)
+    args = FocalRetinaNet.from_config(cfg)
+    args["channels_last"] = "auto"  # as a LazyConfig builds it: the device is not known yet
+    model = FocalRetinaNet(**args)
+    assert model.channels_last == "auto" and not _is_channels_last(model)
+    model.eval()
+    with caplog.at_level("INFO", logger="focal_rpn.modeling.retinanet"), torch.no_grad():
+        model(batched_inputs())
+    assert model.channels_last is True and _is_channels_last(model)
+    assert any("channels_last 'auto' on cpu -> True" in r.getMessage() for r in caplog.records)

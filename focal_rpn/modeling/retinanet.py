@@ -7,6 +7,7 @@ Shape vocabulary:
     C: class logits per anchor: K (sigmoid) or K + 1 (softmax, background last)
     R: anchors of one image over all levels, sum over levels of Hi * Wi * A
 """
+import logging
 import math
 from typing import List, Optional, Union
 
@@ -23,7 +24,7 @@ from detectron2.utils.events import get_event_storage
 from ..config import (
     check_activation,
     check_alpha,
-    check_bool,
+    check_channels_last_mode,
     check_gamma,
     check_probability,
 )
@@ -33,6 +34,8 @@ from ..layers.winograd import check_winograd_mode
 from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
 
 __all__ = ["FocalRetinaNet"]
+
+logger = logging.getLogger(__name__)
 
 #: detectron2's RetinaNet starts its EMA of the number of foreground anchors at this value.
 INITIAL_LOSS_NORMALIZER = 100.0
@@ -97,8 +100,11 @@ class FocalRetinaNet(RetinaNet):
     (``winograd=True``), as ``nn.Conv2d`` everywhere else (GPU included).
 
     With ``channels_last=True`` the convolution weights and the input images are in
-    channels-last (NHWC) memory format, which the convolutions then keep: the same results,
-    without oneDNN's layout reorders around every convolution on CPU.
+    channels-last (NHWC) memory format, which the convolutions then keep: the same results
+    (within float rounding), without oneDNN's layout reorders around every convolution on CPU.
+    ``"auto"`` (the default) does that where the model runs on CPU and keeps the layout as
+    built elsewhere (GPU); it is settled by ``from_config`` from MODEL.DEVICE, or else at the
+    first forward from the model's device (logged).
     """
 
     @configurable
@@ -107,7 +113,7 @@ class FocalRetinaNet(RetinaNet):
         *,
         activation: str = "sigmoid",
         winograd: Union[str, bool] = "auto",
-        channels_last: bool = False,
+        channels_last: Union[str, bool] = "auto",
         softmax_prior_prob: Optional[float] = None,
         **kwargs,
     ):
@@ -119,7 +125,7 @@ class FocalRetinaNet(RetinaNet):
                 times both paths at first use), True (always Winograd on CPU float32) or
                 False (plain ``nn.Conv2d``).
             channels_last: keep the weights of 4-d parameters and the images in
-                channels-last memory format.
+                channels-last memory format: True, False, or "auto" (on CPU only).
             softmax_prior_prob: with "softmax", set the head's class bias so that
                 p(background) = 1 - softmax_prior_prob at start (for heads built directly,
                 as in lazy configs: RetinaNetHead starts every logit at its prior_prob). None:
@@ -127,7 +133,7 @@ class FocalRetinaNet(RetinaNet):
             kwargs: the arguments of detectron2's ``RetinaNet``.
         """
         check_activation("activation", activation)
-        check_bool("channels_last", channels_last)
+        channels_last = check_channels_last_mode("channels_last", channels_last)
         super().__init__(**kwargs)
         check_head_logits(
             self.head, self.anchor_generator.num_cell_anchors[0], self.num_classes, activation
@@ -143,8 +149,8 @@ class FocalRetinaNet(RetinaNet):
         winograd = check_winograd_mode("winograd", winograd)
         if winograd is not False:
             use_winograd_convs(self.head, winograd)
-        self.channels_last = channels_last
-        if channels_last:
+        self.channels_last = channels_last  # "auto" until the device is known
+        if channels_last is True:
             self.to(memory_format=torch.channels_last)
         check_alpha("focal_loss_alpha", self.focal_loss_alpha)
         check_gamma("focal_loss_gamma", self.focal_loss_gamma)
@@ -164,13 +170,15 @@ class FocalRetinaNet(RetinaNet):
         winograd = check_winograd_mode(
             "MODEL.FOCAL_RETINANET.WINOGRAD", cfg.MODEL.FOCAL_RETINANET.WINOGRAD
         )
-        check_bool(
+        channels_last = check_channels_last_mode(
             "MODEL.FOCAL_RETINANET.CHANNELS_LAST", cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST
         )
+        if channels_last == "auto":  # settled now, before an optimizer or DDP sees the weights
+            channels_last = torch.device(cfg.MODEL.DEVICE).type == "cpu"
         ret = super().from_config(cfg)
         ret["activation"] = activation
         ret["winograd"] = winograd
-        ret["channels_last"] = cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST
+        ret["channels_last"] = channels_last
         if activation == "softmax":
             ret["head"] = _build_softmax_head(cfg, ret["backbone"])
         return ret
@@ -183,9 +191,18 @@ class FocalRetinaNet(RetinaNet):
             state_dict[key] = self.loss_normalizer.detach().clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def preprocess_image(self, batched_inputs):
-        images = super().preprocess_image(batched_inputs)  # ImageList, tensor (N, 3, H, W)
+    def _settle_channels_last(self) -> None:
+        """channels_last "auto": channels-last from now on if the model is on CPU."""
+        self.channels_last = self.device.type == "cpu"
         if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        logger.info("FocalRetinaNet channels_last 'auto' on %s -> %s", self.device, self.channels_last)
+
+    def preprocess_image(self, batched_inputs):
+        if self.channels_last == "auto":
+            self._settle_channels_last()
+        images = super().preprocess_image(batched_inputs)  # ImageList, tensor (N, 3, H, W)
+        if self.channels_last is True:
             images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
         return images
 
