@@ -7,8 +7,9 @@ and soft targets uniform in [0, 1], logits N(-5, 1) (trained) and N(0, 1) (start
 
     .venv/bin/python benchmarks/bench_losses.py [--scale 1.0] [--repeats 5] [--device cpu]
 
-Timing: ``torch.set_num_threads(2)``, one warm-up call each, then ``repeats`` rounds in
-which ours and the baseline run alternately (so both see the same machine load); the median
+Timing: ``torch.set_num_threads(2)``, ``WARMUP_CALLS`` warm-up calls each (the steady state
+of a training loop, see there), then ``repeats`` rounds in which ours and the baseline run
+alternately, in swapped order every other round (so both see the same machine load); the median
 of the rounds is reported. A round is ``loss = f(logits); loss.backward()`` on a fresh leaf
 (the ``.grad`` allocation is included); inputs (logits, labels, one-hot targets) are built
 outside the timed region.
@@ -49,12 +50,21 @@ def _fwd_bwd(loss_fn: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tens
     return step
 
 
+#: Calls of each side before timing. A loss runs once per training iteration, so the steady
+#: state is what counts; a process's first calls pay one-off costs: the softmax loss's first
+#: huge-page gradient buffers took 53-76 ms against 13-15 ms from the fifth call on (2-core AMD
+#: EPYC VM that had run training jobs for hours, 2026-12-02; one warm-up call made that row 1.17).
+WARMUP_CALLS = 6
+
+
 def _time_pair(ours, base, repeats: int, device: torch.device):
-    ours(), base()  # warm-up
+    for _ in range(WARMUP_CALLS):
+        ours(), base()
     _sync(device)
     t_ours, t_base = [], []
-    for _ in range(repeats):
-        for fn, acc in ((ours, t_ours), (base, t_base)):
+    for r in range(repeats):  # alternately, ours first on even repeats
+        pairs = ((ours, t_ours), (base, t_base))
+        for fn, acc in (pairs if r % 2 == 0 else pairs[::-1]):
             _sync(device)
             t0 = time.perf_counter()
             fn()

@@ -45,6 +45,12 @@ def add_focal_rpn_config(cfg):
         # channels-last where the model runs on CPU, the layout as built elsewhere (GPU);
         # True / False: always / never. None (the default) means "auto", as for WINOGRAD.
         _C.MODEL.FOCAL_RETINANET.CHANNELS_LAST = None
+    if "CHANNELS_LAST" not in _C.MODEL:
+        # The same for every other model that focal_rpn.engine.Trainer builds (Faster R-CNN
+        # with RPN or FocalRPN, ...): "auto" (None, the default) puts its 4-d weights in
+        # channels-last format on CPU, which the convolutions then keep; True / False: always /
+        # never. FocalRetinaNet follows its own MODEL.FOCAL_RETINANET.CHANNELS_LAST.
+        _C.MODEL.CHANNELS_LAST = None
     if "OPTIMIZER" not in _C.SOLVER:
         # "SGD" (detectron2's, the default) or "AdamW" (focal_rpn.engine.optim); both use
         # SOLVER.BASE_LR, the weight decay keys, the LR schedule and CLIP_GRADIENTS.

@@ -319,3 +319,55 @@ def test_inference_kinds_of_call_are_timed_apart(inference_tuner, monkeypatch):
         m(torch.randn(1, 8, 16, 16), make_rois(200, 1, 128, min_wh=4, seed=3))  # another
         m(torch.randn(1, 8, 64, 64), make_rois(10, 1, 512, min_wh=4, seed=4))  # another map size
     assert len(inference_tuner.choices()) == 3
+
+
+# ------------------------------------------------------- Trainer.build_model: channels-last
+def _conv_weights_channels_last(model) -> bool:
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
+@pytest.mark.parametrize("value,expected", [(None, True), ("auto", True), (True, True), (False, False)])
+def test_trainer_builds_cpu_models_channels_last_per_config(value, expected):
+    from focal_rpn.engine import Trainer
+
+    cfg = tiny_cfg("quick_faster_rcnn_R18.yaml", ["MODEL.CHANNELS_LAST", value])
+    model = Trainer.build_model(cfg)
+    assert _conv_weights_channels_last(model) is expected
+    model.eval()
+    with torch.no_grad():  # and it still runs, detections of the same form
+        (out,) = model(batched_inputs(num_images=1))
+    assert out["instances"].pred_boxes.tensor.shape[1] == 4
+
+
+def test_trainer_channels_last_is_the_same_model_up_to_rounding():
+    from focal_rpn.engine import Trainer
+
+    torch.manual_seed(0)
+    plain = Trainer.build_model(tiny_cfg("quick_faster_rcnn_R18.yaml", ["MODEL.CHANNELS_LAST", False]))
+    torch.manual_seed(0)
+    fast = Trainer.build_model(tiny_cfg("quick_faster_rcnn_R18.yaml", ["MODEL.CHANNELS_LAST", True]))
+    fast.load_state_dict(plain.state_dict())
+    inputs = batched_inputs(num_images=2, num_boxes=3, seed=1)
+    with EventStorage():
+        torch.manual_seed(1)
+        a = plain(inputs)
+        torch.manual_seed(1)
+        b = fast(inputs)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_trainer_leaves_focal_retinanet_to_its_own_key():
+    from focal_rpn.engine import Trainer
+
+    cfg = tiny_cfg("retinanet_R50.yaml", ["MODEL.CHANNELS_LAST", True, "MODEL.FOCAL_RETINANET.CHANNELS_LAST", False])
+    model = Trainer.build_model(cfg)
+    assert model.channels_last is False and not _conv_weights_channels_last(model)
+
+
+def test_bad_model_channels_last_names_the_key():
+    from focal_rpn.engine import Trainer
+
+    with pytest.raises(ValueError, match="MODEL.CHANNELS_LAST"):
+        Trainer.build_model(tiny_cfg("quick_faster_rcnn_R18.yaml", ["MODEL.CHANNELS_LAST", "sometimes"]))

@@ -63,6 +63,7 @@ VALUE_CHECKS: Dict[str, Callable] = {
     "MODEL.FOCAL_RETINANET.ACTIVATION": focal_config.check_activation,
     "MODEL.FOCAL_RETINANET.WINOGRAD": _winograd,
     "MODEL.FOCAL_RETINANET.CHANNELS_LAST": focal_config.check_channels_last_mode,
+    "MODEL.CHANNELS_LAST": focal_config.check_channels_last_mode,
     "MODEL.RETINANET.FOCAL_LOSS_ALPHA": focal_config.check_alpha,
     "MODEL.RETINANET.FOCAL_LOSS_GAMMA": focal_config.check_gamma,
     "MODEL.RETINANET.PRIOR_PROB": focal_config.check_probability,

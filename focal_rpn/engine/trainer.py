@@ -27,6 +27,7 @@ from ..evaluation import (
     evaluate_proposals,
     has_proposal_generator,
 )
+from ..config import check_channels_last_mode
 from ..layers import use_fast_roi_align
 from .budget import TimeBudget, check_time_budget, scheduler_with_max_iter
 from .checkpoint import AtomicCheckpointer
@@ -64,6 +65,12 @@ def build_argument_parser(epilog=None):
 
 
 # ----------------------------------------------------------------------------- setup
+
+
+def channels_last_wanted(cfg) -> bool:
+    """MODEL.CHANNELS_LAST resolved: True / False, or "auto" (None): on a CPU MODEL.DEVICE."""
+    mode = check_channels_last_mode("MODEL.CHANNELS_LAST", cfg.MODEL.CHANNELS_LAST)
+    return torch.device(cfg.MODEL.DEVICE).type == "cpu" if mode == "auto" else mode
 
 
 def build_config(args):
@@ -210,12 +217,19 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """detectron2's model with ``focal_rpn.layers.FastROIAlign`` in its ROI poolers: the same
-        results as detectron2's ROIAlign, a faster (multithreaded) CPU path, the GPU path as is."""
+        """detectron2's model with ``focal_rpn.layers.FastROIAlign`` in its ROI poolers (the same
+        results as detectron2's ROIAlign, a faster CPU path, the GPU path as is) and, per
+        MODEL.CHANNELS_LAST ("auto": on CPU), its weights in channels-last memory format (the
+        same model up to float rounding; oneDNN then skips its layout reorders). FocalRetinaNet
+        keeps the layout its own MODEL.FOCAL_RETINANET.CHANNELS_LAST chose."""
         model = super().build_model(cfg)
         swapped = use_fast_roi_align(model)
         if swapped:
             logger.info("ROIAlign -> FastROIAlign in %d ROI pooler level(s)", swapped)
+        if not hasattr(model, "channels_last") and channels_last_wanted(cfg):
+            model.to(memory_format=torch.channels_last)
+            logger.info("model weights in channels-last memory format (MODEL.CHANNELS_LAST %r, %s)",
+                        cfg.MODEL.CHANNELS_LAST, cfg.MODEL.DEVICE)
         return model
 
     @classmethod
