@@ -85,16 +85,22 @@ def check_bool(key, value):
         raise ValueError(f"{key} = {value!r} is not allowed: use True or False")
 
 
-def check_channels_last_mode(key, value):
-    """The mode named by ``value`` ("auto", or None for "auto"; True; False). Raises
-    ValueError naming ``key``, the value and the allowed ones otherwise."""
+def check_auto_mode(key, value, allowed: str):
+    """The mode named by ``value``: "auto" (also None, for yacs defaults that must take a
+    string as well as a boolean), True or False. Raises ValueError naming ``key``, the value
+    and ``allowed`` (what the three modes mean) otherwise."""
     if value is None or (isinstance(value, str) and value.lower() == "auto"):
         return "auto"
     if isinstance(value, bool):
         return value
-    raise ValueError(
-        f"{key} = {value!r} is not allowed: use \"auto\" (channels-last on CPU, the default), "
-        "True (always channels-last) or False (never)"
+    raise ValueError(f"{key} = {value!r} is not allowed: use {allowed}")
+
+
+def check_channels_last_mode(key, value):
+    """MODEL.FOCAL_RETINANET.CHANNELS_LAST / MODEL.CHANNELS_LAST: see :func:`check_auto_mode`."""
+    return check_auto_mode(
+        key, value, "\"auto\" (channels-last on CPU, the default), True (always channels-last) "
+        "or False (never)"
     )
 
 

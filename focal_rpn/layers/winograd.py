@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ..config import check_auto_mode
 from .path_timing import best_times
 
 __all__ = [
@@ -320,13 +321,9 @@ WINOGRAD_MODES = ("auto", True, False)
 def check_winograd_mode(key: str, value) -> Union[str, bool]:
     """The mode named by ``value`` ("auto", or None for "auto"; True; False). Raises
     ValueError naming ``key``, the value and the allowed ones otherwise."""
-    if value is None or (isinstance(value, str) and value.lower() == "auto"):
-        return "auto"
-    if isinstance(value, bool):
-        return value
-    raise ValueError(
-        f"{key} = {value!r} is not allowed: use \"auto\" (time both paths on this machine, "
-        "the default), True (always Winograd on CPU float32) or False (always nn.Conv2d)"
+    return check_auto_mode(
+        key, value, "\"auto\" (time both paths on this machine, the default), True (always "
+        "Winograd on CPU float32) or False (always nn.Conv2d)"
     )
 
 
