@@ -189,3 +189,29 @@ def test_auto_built_directly_settles_at_the_first_forward_on_its_device(caplog):
         model(batched_inputs())
     assert model.channels_last is True and _is_channels_last(model)
     assert any("channels_last 'auto' on cpu -> True" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_leaves_the_head_outputs_alone(activation, channels_last):
+    """A forward hook that keeps the head's outputs still holds logits after inference
+    (detectron2's in-place sigmoid_ would turn channels-last ones into probabilities)."""
+    model = tiny_model(
+        "retinanet_R50.yaml",
+        ["MODEL.FOCAL_RETINANET.CHANNELS_LAST", channels_last,
+         "MODEL.FOCAL_RETINANET.ACTIVATION", activation],
+    ).eval()
+    kept = []
+    model.head.register_forward_hook(
+        lambda module, args, output: kept.append(
+            (output, [[t.clone() for t in level] for level in output])
+        )
+    )
+    with torch.no_grad():
+        model(batched_inputs())
+    (outputs, copies), = kept
+    assert outputs[0][0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert outputs[0][0].min() < 0  # logits, with the prior's negative bias
+    for level_outputs, level_copies in zip(outputs, copies):
+        for tensor, copy_at_hook_time in zip(level_outputs, level_copies):
+            assert torch.equal(tensor, copy_at_hook_time)

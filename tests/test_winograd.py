@@ -1,6 +1,7 @@
 """Winograd F(4x4, 3x3) convolutions: values and gradients against F.conv2d, dispatch, and
 FocalRetinaNet with its head on the Winograd path against detectron2's RetinaNet."""
 import copy
+import io
 
 import pytest
 import torch
@@ -42,17 +43,33 @@ def test_equals_conv2d_in_float64(n, c, k, h, w):
     )
 
 
-@pytest.mark.parametrize("chunk_tiles,chunk_channels", [(1, 5), (5, 2), (8, 3), (100, 100)])
-def test_inference_in_chunks_equals_conv2d(chunk_tiles, chunk_channels, monkeypatch):
-    """Without autograd, chunks of 1, 1, 2, 3 images (of 4 tiles) and 5, 2, 3, 5 channels."""
-    monkeypatch.setattr(winograd, "INFERENCE_CHUNK_TILES", chunk_tiles)
-    monkeypatch.setattr(winograd, "INFERENCE_CHUNK_CHANNELS", chunk_channels)
+# Products of one image (4 tiles x 5 channels x 36 x 8 bytes) take 5760 bytes: budgets of
+# one channel, two channels, one image, two images and everything at once.
+@pytest.mark.parametrize("budget", [1152, 2400, 5760, 11520, 1 << 20])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_in_chunks_equals_conv2d(budget, channels_last, monkeypatch):
+    monkeypatch.setattr(winograd, "INFERENCE_BUFFER_BYTES", budget)
     x, weight, bias = _random((3, 4, 7, 8), 0), _random((5, 4, 3, 3), 1), _random((5,), 2)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = winograd_conv3x3(x, weight, bias)
+    torch.testing.assert_close(y, F.conv2d(x, weight, bias, padding=1), rtol=1e-10, atol=1e-10)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else
+                           torch.contiguous_format)
+
+
+def test_inference_with_a_precomputed_domain_weight():
+    x, weight, bias = _random((2, 4, 9, 6), 0), _random((5, 4, 3, 3), 1), _random((5,), 2)
+    u = winograd.winograd_domain_weight(weight)
+    assert u.shape == (36, 4, 5) and u.is_contiguous()
     with torch.no_grad():
         torch.testing.assert_close(
-            winograd_conv3x3(x, weight, bias), F.conv2d(x, weight, bias, padding=1),
-            rtol=1e-10, atol=1e-10,
+            winograd_conv3x3(x, weight, bias, domain_weight=u),
+            F.conv2d(x, weight, bias, padding=1), rtol=1e-10, atol=1e-10,
         )
+        with pytest.raises(ValueError, match=r"domain_weight has shape \(36, 5, 4\)"):
+            winograd_conv3x3(x, weight, bias, domain_weight=u.transpose(1, 2))
 
 
 @pytest.mark.parametrize("n,c,k,h,w", SHAPES)
@@ -138,6 +155,82 @@ def test_module_forced_on_takes_winograd_path(winograd_calls):
     x = torch.randn(1, conv.in_channels, 12, 12)
     torch.testing.assert_close(fast(x), conv(x), rtol=1e-4, atol=1e-4)
     assert len(winograd_calls) == 1
+
+
+@pytest.fixture
+def weight_transforms(monkeypatch):
+    """A list that gets one entry per transform of filters into the Winograd domain."""
+    calls = []
+    original = winograd.winograd_domain_weight
+
+    def spy(weight):
+        calls.append(tuple(weight.shape))
+        return original(weight)
+
+    monkeypatch.setattr(winograd, "winograd_domain_weight", spy)
+    return calls
+
+
+def _small_forced_conv(seed=0):
+    torch.manual_seed(seed)
+    return WinogradConv2d(6, 5, 3, padding=1, mode=True).eval()
+
+
+@pytest.mark.parametrize("edit", ["copy_", "data", "optimizer", "load_state_dict", "replace"])
+def test_inference_keeps_transformed_filters_only_while_the_weight_is_unchanged(
+    edit, weight_transforms
+):
+    """The filters are transformed once for repeated inference calls, and again after every
+    kind of change to the weight, including edits that the version counter misses
+    (``weight.data``): each output equals F.conv2d with the weight of that moment."""
+    conv = _small_forced_conv()
+    x = torch.randn(2, 6, 9, 9)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(
+                conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-4, atol=1e-5
+            )
+
+    check()
+    check()
+    assert len(weight_transforms) == 1
+    if edit == "copy_":
+        with torch.no_grad():
+            conv.weight.copy_(torch.randn_like(conv.weight))
+    elif edit == "data":
+        conv.weight.data[0, 0, 1, 1] += 1.0
+    elif edit == "optimizer":
+        conv(x).sum().backward()
+        torch.optim.SGD(conv.parameters(), lr=0.1).step()
+    elif edit == "load_state_dict":
+        conv.load_state_dict(_small_forced_conv(seed=1).state_dict())
+    else:
+        conv.weight = nn.Parameter(torch.randn_like(conv.weight))
+    check()
+    assert len(weight_transforms) == 2
+
+
+def test_training_calls_do_not_use_or_fill_the_inference_cache(weight_transforms):
+    conv = _small_forced_conv().train()
+    x = torch.randn(1, 6, 8, 8, requires_grad=True)
+    conv(x).sum().backward()
+    assert weight_transforms == [] and "_domain_weight_cache" not in conv.__dict__
+
+
+def test_transformed_filters_stay_out_of_state_dicts_pickles_and_copies():
+    conv = _small_forced_conv()
+    with torch.no_grad():
+        expected = conv(torch.ones(1, 6, 8, 8))
+    assert "_domain_weight_cache" in conv.__dict__
+    assert set(conv.state_dict()) == {"weight", "bias"}
+    buffer = io.BytesIO()
+    torch.save(conv, buffer)
+    buffer.seek(0)
+    for other in (torch.load(buffer, weights_only=False), copy.deepcopy(conv)):
+        assert "_domain_weight_cache" not in other.__dict__
+        with torch.no_grad():
+            torch.testing.assert_close(other(torch.ones(1, 6, 8, 8)), expected)
 
 
 @pytest.mark.parametrize(

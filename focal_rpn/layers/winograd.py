@@ -51,6 +51,7 @@ from .path_timing import best_times
 
 __all__ = [
     "winograd_conv3x3",
+    "winograd_domain_weight",
     "winograd_pays_off",
     "winograd_supported",
     "WinogradConv2d",
@@ -106,17 +107,27 @@ def _transforms(device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tenso
     return _TRANSFORMS[key]
 
 
-def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def winograd_conv3x3(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    *,
+    domain_weight: Optional[Tensor] = None,
+) -> Tensor:
     """``F.conv2d(x, weight, bias, stride=1, padding=1)`` computed as Winograd F(4x4, 3x3).
 
-    Differentiable in ``x``, ``weight`` and ``bias`` (plain autograd through the composition).
-    Without autograd (inference) it runs over chunks of images and of output channels
-    (``INFERENCE_CHUNK_TILES``, ``INFERENCE_CHUNK_CHANNELS``), so that its buffers stay small.
+    Differentiable in ``x``, ``weight`` and ``bias`` (autograd through
+    :class:`_WinogradConv3x3Fn`). Without autograd (inference) it runs over chunks of images
+    and of output channels whose products stay within ``INFERENCE_BUFFER_BYTES``, and its
+    output has the memory format of ``x`` (channels-last in, channels-last out).
 
     Args:
         x: (N, C, H, W) floating point, any device; any H, W >= 1.
         weight: (K, C, 3, 3), same dtype and device.
         bias: (K,) or None.
+        domain_weight: inference only (ignored where a gradient is needed): U (36, C, K),
+            ``winograd_domain_weight(weight)`` computed beforehand, as
+            :class:`WinogradConv2d` keeps it between calls; None computes it here.
 
     Returns:
         (N, K, H, W).
@@ -135,31 +146,62 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -
     if needs_grad:
         y = _WinogradConv3x3Fn.apply(x, weight)
         return y if bias is None else y + bias.view(1, -1, 1, 1)
-    # Inference: chunks of images and of output channels, so that the transformed input
-    # (36 / 16 of the input's size), the transformed filters (36 / 9 of the weight's size) and
-    # the products stay a few MB each; the filters of a channel chunk are transformed once per
-    # image chunk, a cost of 9 / (tiles per chunk) of the products'.
     k = weight.shape[0]
+    if domain_weight is None:
+        domain_weight = winograd_domain_weight(weight)
+    elif tuple(domain_weight.shape) != (WINDOW * WINDOW, c, k):
+        raise ValueError(
+            f"domain_weight has shape {tuple(domain_weight.shape)}; weight "
+            f"{tuple(weight.shape)} needs ({WINDOW * WINDOW}, {c}, {k})"
+        )
+    return _inference(x, domain_weight, bias)
+
+
+#: Without autograd, the products M (36, tiles, channels) of one chunk take at most this many
+#: bytes (whole images per chunk, fewer output channels where one image alone is larger).
+#: Measured, AVX-512 VM, 4 x 32 x 32 maps, 256 -> 720 channels, forward alone: all 4 images
+#: and all channels at once (26.5 MB) 0.46 of oneDNN's time, 1 image x 128 channels 0.53.
+INFERENCE_BUFFER_BYTES = 32 << 20
+
+
+def _inference(x: Tensor, u: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """The no-autograd forward: x (N, C, H, W), U (36, C, K) -> (N, K, H, W), in the memory
+    format of ``x``. Channels-last keeps the channels innermost in the tiles, the products
+    and the output, so that its gathers and scatters move whole runs of channels."""
+    n, c, h, w = x.shape
+    k = u.shape[2]
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     tiles_per_image = -(-h // TILE) * -(-w // TILE)
-    images_per_chunk = max(1, INFERENCE_CHUNK_TILES // tiles_per_image)
-    y = x.new_empty(n, k, h, w)
+    bytes_per_tile_channel = WINDOW * WINDOW * x.element_size()
+    per_image = bytes_per_tile_channel * tiles_per_image * k
+    images_per_chunk = max(1, INFERENCE_BUFFER_BYTES // per_image)
+    channels_per_chunk = k if per_image <= INFERENCE_BUFFER_BYTES else max(
+        1, INFERENCE_BUFFER_BYTES // (bytes_per_tile_channel * tiles_per_image)
+    )
+    if channels_last:
+        y = x.new_empty(n, h, w, k)  # NHWC storage; returned as an (N, K, H, W) view
+    else:
+        y = x.new_empty(n, k, h, w)
     for i in range(0, n, images_per_chunk):
-        images = slice(i, i + images_per_chunk)
-        v = _input_transform(x[images])
+        v = _input_transform(x[i : i + images_per_chunk])
         num_images = v.shape[1] // tiles_per_image
-        for j in range(0, k, INFERENCE_CHUNK_CHANNELS):
-            channels = slice(j, j + INFERENCE_CHUNK_CHANNELS)
-            m = torch.bmm(v, _transform_weight(weight[channels]))
-            y[images, channels] = _output_transform(m, num_images, h, w)
+        for j in range(0, k, channels_per_chunk):
+            m = torch.bmm(v, u[:, :, j : j + channels_per_chunk])
+            if channels_last:
+                y[i : i + num_images, :, :, j : j + m.shape[2]] = (
+                    _output_transform_channels_last(m, num_images, h, w)
+                )
+            else:
+                y[i : i + num_images, j : j + m.shape[2]] = _output_transform(m, num_images, h, w)
+    if channels_last:
+        y = y.permute(0, 3, 1, 2)
     return y if bias is None else y.add_(bias.view(1, -1, 1, 1))
 
 
-#: Without autograd, at most this many tiles (or one image) and output channels per batched
-#: product. Measured on benchmarks/bench_models.py's retinanet_infer case: 256 tiles x all
-#: channels ran 0.80x of detectron2's RetinaNet but with a 40 MB higher peak; 64 x 128 runs
-#: 0.86x at the same peak.
-INFERENCE_CHUNK_TILES = 64
-INFERENCE_CHUNK_CHANNELS = 128
+def winograd_domain_weight(weight: Tensor) -> Tensor:
+    """(K, C, 3, 3) filters -> U (36, C, K), contiguous: the filters in the Winograd domain,
+    as the products of :func:`winograd_conv3x3` take them (4 x the weight's size)."""
+    return _transform_weight(weight.detach()).contiguous()
 
 
 def _transform_weight(weight: Tensor) -> Tensor:
@@ -199,6 +241,16 @@ def _output_transform(m: Tensor, n: int, h: int, w: int) -> Tensor:
     if tiles_h * TILE != h or tiles_w * TILE != w:
         y = y[:, :, :h, :w]
     return y
+
+
+def _output_transform_channels_last(m: Tensor, n: int, h: int, w: int) -> Tensor:
+    """M (36, T, K) of N images' tiles -> (N, H, W, K): :func:`_output_transform` in NHWC."""
+    k = m.shape[2]
+    tiles_h, tiles_w = -(-h // TILE), -(-w // TILE)
+    _, _, a_t = _transforms(m.device, m.dtype)
+    y = (a_t @ m.reshape(WINDOW * WINDOW, -1)).view(TILE, TILE, n, tiles_h, tiles_w, k)
+    y = y.permute(2, 3, 0, 4, 1, 5).reshape(n, tiles_h * TILE, tiles_w * TILE, k)
+    return y[:, :h, :w]
 
 
 def _output_transform_adjoint(grad_y: Tensor, h: int, w: int) -> Tensor:
@@ -403,8 +455,11 @@ class ConvPathTuner:
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else None
         xd = x.detach()
+        # Inference runs on the filters transformed once (WinogradConv2d keeps them), so that
+        # is what is timed; training transforms them in every call, and is timed so.
+        domain_weight = None if needs_grad else winograd_domain_weight(weight)
         paths = {
-            "winograd": lambda a, b, c: winograd_conv3x3(a, b, c),
+            "winograd": lambda a, b, c: winograd_conv3x3(a, b, c, domain_weight=domain_weight),
             "conv2d": lambda a, b, c: F.conv2d(a, b, c, padding=1),
         }
         if needs_grad:
@@ -484,6 +539,36 @@ class WinogradConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.mode!r}"
 
+    def _domain_weight(self) -> Tensor:
+        """U (36, C, K) of the current weight, for inference: kept between calls for as long
+        as the weight stays bitwise equal to the one it was computed from (a copy is kept to
+        compare: the version counter does not see in-place edits through ``weight.data``).
+        Costs 5 x the weight's memory while cached (about 130 MB for RetinaNet's head at 256
+        channels); freed by ``train()``, never saved in a state dict or pickle."""
+        weight = self.weight.detach()
+        cached = self.__dict__.get("_domain_weight_cache")
+        if (
+            cached is not None
+            and cached[0].device == weight.device
+            and cached[0].dtype == weight.dtype
+            and cached[0].shape == weight.shape
+            and torch.equal(cached[0], weight)
+        ):
+            return cached[1]
+        domain_weight = winograd_domain_weight(weight)
+        self.__dict__["_domain_weight_cache"] = (weight.clone(), domain_weight)
+        return domain_weight
+
+    def train(self, mode: bool = True):
+        if mode:  # training transforms the filters in every call: free the inference copy
+            self.__dict__.pop("_domain_weight_cache", None)
+        return super().train(mode)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_domain_weight_cache", None)
+        return state
+
     def forward(self, x: Tensor) -> Tensor:
         if (
             torch.jit.is_scripting()
@@ -498,7 +583,13 @@ class WinogradConv2d(nn.Conv2d):
             )
             if not TUNER.use_winograd(x, self, needs_grad):
                 return super().forward(x)
-        return winograd_conv3x3(x, self.weight, self.bias)
+        else:
+            needs_grad = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, self.weight, self.bias)
+            )
+        if needs_grad:
+            return winograd_conv3x3(x, self.weight, self.bias)
+        return winograd_conv3x3(x, self.weight, self.bias, domain_weight=self._domain_weight())
 
 
 def use_winograd_convs(module: nn.Module, mode: Union[str, bool] = "auto") -> int:

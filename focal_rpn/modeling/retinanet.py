@@ -272,23 +272,29 @@ class FocalRetinaNet(RetinaNet):
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ):
-        if self.activation == "sigmoid":
-            return super().forward_inference(images, features, predictions)
+        """detectron2's RetinaNet inference with this model's class probabilities (sigmoid, or
+        the K foreground columns of the softmax). Unlike detectron2's, it leaves the head's
+        outputs as they are: its in-place ``sigmoid_`` on a per-image view would turn the
+        logits into probabilities wherever the head's output is channels-last (there the
+        view is no copy), under the eyes of any forward hook that keeps them."""
         pred_logits, pred_anchor_deltas = transpose_dense_predictions(
             self, predictions, [self.num_logits, 4]
-        )
+        )  # L tensors (N, Hi * Wi * A, C) and (N, Hi * Wi * A, 4)
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for img_idx, image_size in enumerate(images.image_sizes):
-            # Foreground probabilities (Hi * Wi * A, K); the background column is dropped.
-            scores_per_image = [
-                x[img_idx].softmax(dim=-1)[:, : self.num_classes] for x in pred_logits
-            ]
+            scores_per_image = [self._class_probabilities(x[img_idx]) for x in pred_logits]
             deltas_per_image = [x[img_idx] for x in pred_anchor_deltas]
             results.append(
                 self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size)
             )
         return results
+
+    def _class_probabilities(self, logits: Tensor) -> Tensor:
+        """(R_i, C) logits of one image and level -> (R_i, K) class probabilities, new memory."""
+        if self.activation == "sigmoid":
+            return logits.sigmoid()
+        return logits.softmax(dim=-1)[:, : self.num_classes]  # background column dropped
 
 
 def _build_softmax_head(cfg, backbone) -> RetinaNetHead:
