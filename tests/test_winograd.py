@@ -508,3 +508,28 @@ def test_cuda_falls_back_to_conv2d_and_function_runs_on_cuda(winograd_calls):
         torch.testing.assert_close(
             winograd.winograd_conv3x3(x, conv.weight, conv.bias), conv(x), rtol=1e-3, atol=1e-3
         )
+
+
+def test_cached_path_choice_times_each_kind_of_call_once_and_logs_it():
+    class Tuner(path_timing.CachedPathChoice):
+        def __init__(self):
+            super().__init__(margin=0.9)
+            self.timed, self.logged = [], []
+
+        def key(self, size):
+            return size // 10
+
+        def _time(self, size):
+            self.timed.append(size)
+            return self.prefers(challenger_s=size * 0.85, reference_s=size)
+
+        def _log(self, key, choice, size):
+            self.logged.append((key, choice))
+
+    tuner = Tuner()
+    assert [tuner.choose(s) for s in (11, 12, 25, 19)] == [True] * 4
+    assert tuner.timed == [11, 25] and tuner.logged == [(1, True), (2, True)]
+    assert tuner.choices() == {1: True, 2: True}
+    tuner.margin = 0.8  # 0.85 of the reference is no longer enough
+    tuner.clear()
+    assert tuner.choose(11) is False and tuner.timed == [11, 25, 11]

@@ -33,7 +33,7 @@ interpolation of its four neighbours. The bin's value is the sum of its samples 
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from torch.autograd.function import once_differentiable
 
 from detectron2.layers import ROIAlign
 
-from .path_timing import best_times
+from .path_timing import CachedPathChoice, best_times
 
 __all__ = [
     "roi_align_cpu", "FastROIAlign", "use_fast_roi_align", "roi_align_weights",
@@ -315,7 +315,7 @@ class ROIAlignChoice:
     torchvision_ms: float
 
 
-class ROIAlignPathTuner:
+class ROIAlignPathTuner(CachedPathChoice):
     """Chooses, per kind of call *without autograd* (inference), between :func:`roi_align_cpu`
     and torchvision's kernel by timing both once on the call's own tensors and caching the
     choice, as ``cudnn.benchmark`` does.
@@ -335,11 +335,6 @@ class ROIAlignPathTuner:
     Every choice is logged once, at INFO.
     """
 
-    def __init__(self, rounds: int = 3, margin: float = 0.9):
-        self.rounds = rounds
-        self.margin = margin
-        self._choices: Dict[tuple, ROIAlignChoice] = {}
-
     @staticmethod
     def key(input: Tensor, rois: Tensor, module: ROIAlign) -> tuple:
         n, c, h, w = input.shape
@@ -347,31 +342,20 @@ class ROIAlignPathTuner:
                 _pair(module.output_size), module.sampling_ratio, bool(module.aligned),
                 input.dtype, torch.get_num_threads())
 
-    def choices(self) -> Dict[tuple, ROIAlignChoice]:
-        """A copy of the choices made so far, by key."""
-        return dict(self._choices)
-
-    def clear(self) -> None:
-        """Forget every choice: the next calls time again."""
-        self._choices.clear()
-
     def use_sparse(self, input: Tensor, rois: Tensor, module: ROIAlign) -> bool:
         """Whether ``module(input, rois)`` without autograd should run :func:`roi_align_cpu`."""
         if torch.are_deterministic_algorithms_enabled() or rois.shape[0] == 0:
             return False
-        key = self.key(input, rois, module)
-        choice = self._choices.get(key)
-        if choice is None:
-            choice = self._time(input, rois, module)
-            self._choices[key] = choice
-            n, c, h, w = input.shape
-            logger.info(
-                "ROIAlign inference, %d rois on %dx%dx%dx%d (%s, %d threads): sparse %.2f ms, "
-                "torchvision %.2f ms -> %s", rois.shape[0], n, c, h, w, str(input.dtype)[6:],
-                key[-1], choice.sparse_ms, choice.torchvision_ms,
-                "sparse (focal_rpn)" if choice.sparse else "torchvision",
-            )
-        return choice.sparse
+        return self.choose(input, rois, module).sparse
+
+    def _log(self, key: tuple, choice: ROIAlignChoice, input: Tensor, rois: Tensor, module):
+        n, c, h, w = input.shape
+        logger.info(
+            "ROIAlign inference, %d rois on %dx%dx%dx%d (%s, %d threads): sparse %.2f ms, "
+            "torchvision %.2f ms -> %s", rois.shape[0], n, c, h, w, str(input.dtype)[6:],
+            key[-1], choice.sparse_ms, choice.torchvision_ms,
+            "sparse (focal_rpn)" if choice.sparse else "torchvision",
+        )
 
     def _time(self, input: Tensor, rois: Tensor, module: ROIAlign) -> ROIAlignChoice:
         rois = rois.to(dtype=input.dtype)
@@ -382,7 +366,7 @@ class ROIAlignPathTuner:
                 "torchvision": lambda: ROIAlign.forward(module, input, rois),
             }, self.rounds)
         return ROIAlignChoice(
-            sparse=best["sparse"] < self.margin * best["torchvision"],
+            sparse=self.prefers(best["sparse"], best["torchvision"]),
             sparse_ms=best["sparse"] * 1e3, torchvision_ms=best["torchvision"] * 1e3,
         )
 

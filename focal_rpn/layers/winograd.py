@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..config import check_auto_mode
-from .path_timing import best_times
+from .path_timing import CachedPathChoice, best_times
 
 __all__ = [
     "winograd_conv3x3",
@@ -389,7 +389,7 @@ class PathChoice:
     conv2d_ms: float
 
 
-class ConvPathTuner:
+class ConvPathTuner(CachedPathChoice):
     """Chooses, per kind of call, between :func:`winograd_conv3x3` and ``F.conv2d`` by timing
     both once at the first such call and caching the choice (as ``cudnn.benchmark`` does).
 
@@ -408,11 +408,6 @@ class ConvPathTuner:
     mode True / False fixes the path.
     """
 
-    def __init__(self, rounds: int = 3, margin: float = 0.9):
-        self.rounds = rounds
-        self.margin = margin
-        self._choices: Dict[tuple, PathChoice] = {}
-
     @staticmethod
     def key(x: Tensor, conv: nn.Conv2d, needs_grad: bool) -> tuple:
         n, c, h, w = x.shape
@@ -423,31 +418,20 @@ class ConvPathTuner:
         return (c, conv.out_channels, conv.bias is not None, n, pixels_bucket, layout, x.dtype,
                 torch.get_num_threads(), "training" if needs_grad else "inference")
 
-    def choices(self) -> Dict[tuple, PathChoice]:
-        """A copy of the choices made so far, by key."""
-        return dict(self._choices)
-
-    def clear(self) -> None:
-        """Forget every choice: the next calls time again."""
-        self._choices.clear()
-
     def use_winograd(self, x: Tensor, conv: nn.Conv2d, needs_grad: bool) -> bool:
         """Whether ``conv(x)`` should run as Winograd: the cached choice, or a new one."""
         if torch.are_deterministic_algorithms_enabled():
             return False
-        key = self.key(x, conv, needs_grad)
-        choice = self._choices.get(key)
-        if choice is None:
-            choice = self._time(x, conv, needs_grad)
-            self._choices[key] = choice
-            n, c, h, w = x.shape
-            logger.info(
-                "3x3 conv %d->%d on %dx%dx%d (%s, %d threads, %s): Winograd %.2f ms, "
-                "F.conv2d %.2f ms -> %s", c, conv.out_channels, n, h, w, str(x.dtype)[6:],
-                key[7], key[8], choice.winograd_ms, choice.conv2d_ms,
-                "Winograd" if choice.winograd else "F.conv2d",
-            )
-        return choice.winograd
+        return self.choose(x, conv, needs_grad).winograd
+
+    def _log(self, key: tuple, choice: PathChoice, x: Tensor, conv: nn.Conv2d, needs_grad: bool):
+        n, c, h, w = x.shape
+        logger.info(
+            "3x3 conv %d->%d on %dx%dx%d (%s, %d threads, %s): Winograd %.2f ms, "
+            "F.conv2d %.2f ms -> %s", c, conv.out_channels, n, h, w, str(x.dtype)[6:],
+            key[7], key[8], choice.winograd_ms, choice.conv2d_ms,
+            "Winograd" if choice.winograd else "F.conv2d",
+        )
 
     def _time(self, x: Tensor, conv: nn.Conv2d, needs_grad: bool) -> PathChoice:
         """Time both paths on detached copies of the call's own tensors (no autograd graph,
@@ -480,7 +464,7 @@ class ConvPathTuner:
 
         best = best_times({name: (lambda name=name: run(name)) for name in paths}, self.rounds)
         return PathChoice(
-            winograd=best["winograd"] < self.margin * best["conv2d"],
+            winograd=self.prefers(best["winograd"], best["conv2d"]),
             winograd_ms=best["winograd"] * 1e3,
             conv2d_ms=best["conv2d"] * 1e3,
         )
