@@ -15,6 +15,7 @@ ratio survives a noisy machine. The rows come from:
     .venv/bin/python benchmarks/run.py                 # full sizes (about 14 minutes on 2 cores)
     .venv/bin/python benchmarks/run.py --quick         # tiny sizes: a smoke test, not a measurement
     .venv/bin/python benchmarks/run.py --only losses --json out.json
+    .venv/bin/python benchmarks/run.py --max-isa avx2  # an AVX-512 CPU's kernels held to AVX2
 
 Each module also runs alone (see its docstring for how it times and measures memory).
 """
@@ -24,6 +25,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from typing import Dict, List
@@ -52,6 +54,23 @@ TARGETS = {
 }
 
 
+#: ``--max-isa``: the environment variables that hold oneDNN (convolutions), ATen's vectorised
+#: kernels and MKL (matrix products, Winograd's included) to an instruction set. Each library
+#: reads its variable when it first loads, so run.py runs again in a child with them set. What
+#: this does not change: the clock, the caches and the memory of the machine; an AVX-512 CPU
+#: held to AVX2 is a proxy for an AVX2 machine, not one.
+ISA_CAPS = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_caps_in_effect() -> str:
+    """The ISA-capping variables of this process's environment, "NAME=value ...", or ""."""
+    return " ".join(f"{k}={os.environ[k]}" for k in ISA_CAP_VARIABLES if os.environ.get(k))
+
+
 def _load(name: str):
     """A suite's module: its script's folder, benchmarks/, is on sys.path as this one's is."""
     return importlib.import_module(name)
@@ -75,9 +94,11 @@ def machine_description() -> str:
     except OSError:
         pass
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    caps = isa_caps_in_effect()
     return (
         f"{cpu}, {os.cpu_count()} logical cores, vector ISA {cpu_vector_extensions()}, "
-        f"oneDNN {onednn_isa()}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        + (f"kernels held by {caps}, " if caps else "")
+        + f"oneDNN {onednn_isa()}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads, OMP_WAIT_POLICY "
         f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}), Python {platform.python_version()}, "
         f"load average {load} at the end"
@@ -198,7 +219,16 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch intra-op threads (the issue's measurements use 2)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--max-isa", choices=sorted(ISA_CAPS), default=None,
+                        help="hold oneDNN, ATen and MKL to this instruction set (a proxy for a "
+                        "machine without the newer ones; the machine line says so)")
     args = parser.parse_args(argv)
+    if args.max_isa:
+        caps = ISA_CAPS[args.max_isa]
+        if any(os.environ.get(k) != v for k, v in caps.items()):
+            argv = sys.argv[1:] if argv is None else list(argv)
+            child = [sys.executable, os.path.abspath(__file__)] + argv
+            return subprocess.run(child, env=dict(os.environ, **caps)).returncode
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = run(args.only, args.quick, args.repeats)

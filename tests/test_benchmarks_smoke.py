@@ -73,6 +73,24 @@ def test_machine_line_names_vector_extensions(tmp_path):
     assert run.cpu_vector_extensions(str(tmp_path / "missing")) == "unknown"
 
 
+def test_max_isa_avx2_holds_the_kernels_and_says_so(tmp_path):
+    out = tmp_path / "rows.json"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "run.py"), "--quick", "--only",
+         "losses", "--max-isa", "avx2", "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    machine = json.loads(out.read_text())["machine"]
+    assert ("kernels held by ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 "
+            "MKL_ENABLE_INSTRUCTIONS=AVX2") in machine, machine
+    assert "ATen CPU capability AVX2" in machine, machine
+    onednn = machine.split("oneDNN ", 1)[1].split(", ATen", 1)[0]
+    assert onednn == "unavailable" or ("AVX2" in onednn and "AVX-512" not in onednn), onednn
+
+
 def _child_peak_mb():
     proc = subprocess.run(
         [sys.executable, "-c",

@@ -72,17 +72,25 @@ def test_inference_with_a_precomputed_domain_weight():
             winograd_conv3x3(x, weight, bias, domain_weight=u.transpose(1, 2))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("n,c,k,h,w", SHAPES)
-def test_gradients_equal_conv2d_in_float64(n, c, k, h, w):
-    leaves = [_random((n, c, h, w), 0), _random((k, c, 3, 3), 1), _random((k,), 2)]
+def test_gradients_equal_conv2d_in_float64(n, c, k, h, w, channels_last):
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    leaves = [_random((n, c, h, w), 0).contiguous(memory_format=layout),
+              _random((k, c, 3, 3), 1), _random((k,), 2)]
     grad_out = _random((n, k, h, w), 3)
-    grads = []
+    grads, outputs = [], []
     for fn in (winograd_conv3x3, lambda x, wt, b: F.conv2d(x, wt, b, padding=1)):
-        inputs = [t.clone().requires_grad_() for t in leaves]
-        fn(*inputs).backward(grad_out)
+        inputs = [t.clone(memory_format=torch.preserve_format).requires_grad_() for t in leaves]
+        outputs.append(fn(*inputs))
+        outputs[-1].backward(grad_out)
         grads.append([t.grad for t in inputs])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
     for ours, reference in zip(*grads):
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+    # the output and the input's gradient keep the input's memory format
+    assert outputs[0].is_contiguous(memory_format=layout)
+    assert grads[0][0].is_contiguous(memory_format=layout) or h * w == 1 or c == 1
 
 
 def test_gradcheck():

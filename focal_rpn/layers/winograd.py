@@ -93,6 +93,11 @@ WINDOW = TILE + 2  # input tile side
 _TRANSFORMS: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor, Tensor]] = {}
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    """Whether ``x`` (N, C, H, W) is stored channels-last (NHWC) and not also plain NCHW."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _transforms(device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
     """(B^T kron B^T (36, 36), G kron G (36, 9), A^T kron A^T (16, 36)) on device, in dtype.
 
@@ -170,7 +175,7 @@ def _inference(x: Tensor, u: Tensor, bias: Optional[Tensor]) -> Tensor:
     and the output, so that its gathers and scatters move whole runs of channels."""
     n, c, h, w = x.shape
     k = u.shape[2]
-    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = _is_channels_last(x)
     tiles_per_image = -(-h // TILE) * -(-w // TILE)
     bytes_per_tile_channel = WINDOW * WINDOW * x.element_size()
     per_image = bytes_per_tile_channel * tiles_per_image * k
@@ -286,6 +291,27 @@ def _input_transform_adjoint(grad_v: Tensor, n: int, h: int, w: int) -> Tensor:
     return padded[:, :, 1 : h + 1, 1 : w + 1]
 
 
+def _input_transform_adjoint_channels_last(grad_v: Tensor, n: int, h: int, w: int) -> Tensor:
+    """:func:`_input_transform_adjoint` for a channels-last input: grad_V (36, T, C) ->
+    grad_x (N, C, H, W) stored NHWC, the channels innermost in every addition (about half the
+    time of the NCHW order, AVX-512 VM, 4 x 256 x 32 x 32)."""
+    c = grad_v.shape[2]
+    tiles_h, tiles_w = -(-h // TILE), -(-w // TILE)
+    b_t, _, _ = _transforms(grad_v.device, grad_v.dtype)
+    windows = (b_t.t() @ grad_v.reshape(WINDOW * WINDOW, -1)).view(
+        WINDOW, WINDOW, n, tiles_h, tiles_w, c
+    )
+    windows = windows.permute(2, 3, 0, 4, 1, 5)  # (N, tiles_h, 6, tiles_w, 6, C)
+    grid = grad_v.new_zeros(n, tiles_h + 1, TILE, tiles_w + 1, TILE, c)
+    rest = WINDOW - TILE
+    grid[:, :-1, :, :-1, :] += windows[:, :, :TILE, :, :TILE]
+    grid[:, 1:, :rest, :-1, :] += windows[:, :, TILE:, :, :TILE]
+    grid[:, :-1, :, 1:, :rest] += windows[:, :, :TILE, :, TILE:]
+    grid[:, 1:, :rest, 1:, :rest] += windows[:, :, TILE:, :, TILE:]
+    padded = grid.view(n, (tiles_h + 1) * TILE, (tiles_w + 1) * TILE, c)
+    return padded[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2)
+
+
 def _transform_weight_adjoint(grad_u: Tensor) -> Tensor:
     """The adjoint of :func:`_transform_weight`: grad_U (36, C, K) -> grad_weight (K, C, 3, 3)."""
     c, k = grad_u.shape[1:]
@@ -295,7 +321,8 @@ def _transform_weight_adjoint(grad_u: Tensor) -> Tensor:
 
 
 class _WinogradConv3x3Fn(torch.autograd.Function):
-    """y = conv3x3(x, weight) through the transforms, saving only x and weight.
+    """y = conv3x3(x, weight) through the transforms, saving only x and weight; y and the
+    gradient of x keep x's memory format (NCHW or channels-last).
 
     Autograd through the composition would keep, for every call, the transformed input V
     (2.25 x the input), the transformed filters U (4 x the weight) and the unfolded windows:
@@ -308,7 +335,10 @@ class _WinogradConv3x3Fn(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
         n, _, h, w = x.shape
-        return _output_transform(torch.bmm(_input_transform(x), _transform_weight(weight)), n, h, w)
+        m = torch.bmm(_input_transform(x), _transform_weight(weight))
+        if not _is_channels_last(x):
+            return _output_transform(m, n, h, w)
+        return _output_transform_channels_last(m, n, h, w).contiguous().permute(0, 3, 1, 2)
 
     @staticmethod
     @once_differentiable
@@ -319,7 +349,10 @@ class _WinogradConv3x3Fn(torch.autograd.Function):
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_v = torch.bmm(grad_m, _transform_weight(weight).transpose(1, 2))  # (36, T, C)
-            grad_x = _input_transform_adjoint(grad_v, n, h, w)
+            if _is_channels_last(x):
+                grad_x = _input_transform_adjoint_channels_last(grad_v, n, h, w)
+            else:
+                grad_x = _input_transform_adjoint(grad_v, n, h, w)
         if ctx.needs_input_grad[1]:
             grad_u = torch.bmm(_input_transform(x).transpose(1, 2), grad_m)  # (36, C, K)
             grad_weight = _transform_weight_adjoint(grad_u)
@@ -412,9 +445,7 @@ class ConvPathTuner(CachedPathChoice):
     def key(x: Tensor, conv: nn.Conv2d, needs_grad: bool) -> tuple:
         n, c, h, w = x.shape
         pixels_bucket = round(4 * math.log2(max(h * w, 1)))
-        layout = "channels_last" if (
-            not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        ) else "contiguous"
+        layout = "channels_last" if _is_channels_last(x) else "contiguous"
         return (c, conv.out_channels, conv.bias is not None, n, pixels_bucket, layout, x.dtype,
                 torch.get_num_threads(), "training" if needs_grad else "inference")
 
