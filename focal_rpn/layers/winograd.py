@@ -164,8 +164,10 @@ def winograd_conv3x3(
 
 #: Without autograd, the products M (36, tiles, channels) of one chunk take at most this many
 #: bytes (whole images per chunk, fewer output channels where one image alone is larger).
-#: Measured, AVX-512 VM, 4 x 32 x 32 maps, 256 -> 720 channels, forward alone: all 4 images
-#: and all channels at once (26.5 MB) 0.46 of oneDNN's time, 1 image x 128 channels 0.53.
+#: Measured, AVX-512 VM, 4 x 32 x 32 maps, 256 -> 720 channels, forward alone with the filters
+#: transformed beforehand: all 4 images and all channels at once (26.5 MB) took 0.46 of
+#: oneDNN's time, chunks of 256 channels 0.52. The price: retinanet_infer's peak of tensor
+#: memory is 80 MB where detectron2's RetinaNet has 43 (benchmarks/bench_models.py).
 INFERENCE_BUFFER_BYTES = 32 << 20
 
 
