@@ -1,4 +1,6 @@
 """Config nodes of focal_rpn: ``add_focal_rpn_config(cfg)`` adds them to a detectron2 cfg."""
+import torch
+
 from detectron2.config import CfgNode as CN
 
 #: Allowed values of the two ACTIVATION keys.
@@ -102,6 +104,13 @@ def check_channels_last_mode(key, value):
         key, value, "\"auto\" (channels-last on CPU, the default), True (always channels-last) "
         "or False (never)"
     )
+
+
+def channels_last_on(key, value, device) -> bool:
+    """A CHANNELS_LAST value (checked as :func:`check_channels_last_mode`) settled for a model
+    on ``device`` (a torch.device or a string such as MODEL.DEVICE): "auto" is True on CPU."""
+    mode = check_channels_last_mode(key, value)
+    return torch.device(device).type == "cpu" if mode == "auto" else mode
 
 
 def check_alpha(key, value):

@@ -27,7 +27,7 @@ from ..evaluation import (
     evaluate_proposals,
     has_proposal_generator,
 )
-from ..config import check_channels_last_mode
+from ..config import channels_last_on
 from ..layers import use_fast_roi_align
 from .budget import TimeBudget, check_time_budget, scheduler_with_max_iter
 from .checkpoint import AtomicCheckpointer
@@ -69,8 +69,7 @@ def build_argument_parser(epilog=None):
 
 def channels_last_wanted(cfg) -> bool:
     """MODEL.CHANNELS_LAST resolved: True / False, or "auto" (None): on a CPU MODEL.DEVICE."""
-    mode = check_channels_last_mode("MODEL.CHANNELS_LAST", cfg.MODEL.CHANNELS_LAST)
-    return torch.device(cfg.MODEL.DEVICE).type == "cpu" if mode == "auto" else mode
+    return channels_last_on("MODEL.CHANNELS_LAST", cfg.MODEL.CHANNELS_LAST, cfg.MODEL.DEVICE)
 
 
 def build_config(args):

@@ -98,6 +98,13 @@ def _is_channels_last(x: Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def _needs_grad(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether a convolution of these tensors must be differentiable."""
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias)
+    )
+
+
 def _memory_format(x: Tensor) -> torch.memory_format:
     """The memory format that keeps ``x``'s layout: channels-last or contiguous (NCHW)."""
     return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
@@ -150,10 +157,7 @@ def winograd_conv3x3(
     n, c, h, w = x.shape
     if weight.shape[1] != c:
         raise ValueError(f"weight has {weight.shape[1]} input channels, x has {c}")
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias)
-    )
-    if needs_grad:
+    if _needs_grad(x, weight, bias):
         y = _WinogradConv3x3Fn.apply(x, weight)
         return y if bias is None else y + bias.view(1, -1, 1, 1)
     k = weight.shape[0]
@@ -436,7 +440,12 @@ class ConvPathTuner(CachedPathChoice):
         xd = x.detach()
         # Inference runs on the filters transformed once (WinogradConv2d keeps them), so that
         # is what is timed; training transforms them in every call, and is timed so.
-        domain_weight = None if needs_grad else winograd_domain_weight(weight)
+        if needs_grad:
+            domain_weight = None
+        elif isinstance(conv, WinogradConv2d):  # its own kept copy, which the call then uses
+            domain_weight = conv._domain_weight()
+        else:
+            domain_weight = winograd_domain_weight(weight)
         paths = {
             "winograd": lambda a, b, c: winograd_conv3x3(a, b, c, domain_weight=domain_weight),
             "conv2d": lambda a, b, c: F.conv2d(a, b, c, padding=1),
@@ -556,16 +565,9 @@ class WinogradConv2d(nn.Conv2d):
             or not winograd_supported(x)
         ):
             return super().forward(x)
-        if self.mode == "auto":
-            needs_grad = torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for t in (x, self.weight, self.bias)
-            )
-            if not TUNER.use_winograd(x, self, needs_grad):
-                return super().forward(x)
-        else:
-            needs_grad = torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for t in (x, self.weight, self.bias)
-            )
+        needs_grad = _needs_grad(x, self.weight, self.bias)
+        if self.mode == "auto" and not TUNER.use_winograd(x, self, needs_grad):
+            return super().forward(x)
         if needs_grad:
             return winograd_conv3x3(x, self.weight, self.bias)
         return winograd_conv3x3(x, self.weight, self.bias, domain_weight=self._domain_weight())

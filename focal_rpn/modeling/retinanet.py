@@ -22,6 +22,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..config import (
+    channels_last_on,
     check_activation,
     check_alpha,
     check_channels_last_mode,
@@ -170,11 +171,10 @@ class FocalRetinaNet(RetinaNet):
         winograd = check_winograd_mode(
             "MODEL.FOCAL_RETINANET.WINOGRAD", cfg.MODEL.FOCAL_RETINANET.WINOGRAD
         )
-        channels_last = check_channels_last_mode(
-            "MODEL.FOCAL_RETINANET.CHANNELS_LAST", cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST
+        channels_last = channels_last_on(  # settled now, before an optimizer or DDP sees them
+            "MODEL.FOCAL_RETINANET.CHANNELS_LAST", cfg.MODEL.FOCAL_RETINANET.CHANNELS_LAST,
+            cfg.MODEL.DEVICE,
         )
-        if channels_last == "auto":  # settled now, before an optimizer or DDP sees the weights
-            channels_last = torch.device(cfg.MODEL.DEVICE).type == "cpu"
         ret = super().from_config(cfg)
         ret["activation"] = activation
         ret["winograd"] = winograd
