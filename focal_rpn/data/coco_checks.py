@@ -8,7 +8,8 @@ wrong) later, in the middle of training.
   after EXIF orientation, must equal the json's (else detectron2's ``SizeMismatchError`` at
   the first epoch); the PIL mode must be readable (``focal_rpn.data.image_io``). Returns the
   files whose mode detectron2's reader would misread (16-bit, 32-bit, float...).
-* ``usable_annotation_count``: annotations that are neither degenerate nor crowd; a training
+* ``is_degenerate_box`` (the one definition of an unusable box, ``MIN_BOX_SIDE``) and
+  ``usable_annotation_count``: annotations that are neither degenerate nor crowd; a training
   dataset with none would end in detectron2's ``AssertionError: No valid data found``
   (``check_trainable`` says which dataset and why).
 * ``convert_to_8bit_cache`` / ``use_8bit_copies``: such images are converted once to 8-bit
@@ -19,10 +20,11 @@ wrong) later, in the middle of training.
 import hashlib
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from .errors import DatasetError
 from .image_io import ImageModeError, check_mode, exif_transposed, needs_8bit_conversion, to_rgb8
 
 logger = logging.getLogger(__name__)
@@ -31,12 +33,6 @@ logger = logging.getLogger(__name__)
 MAX_LISTED = 5
 #: EXIF orientations that swap width and height
 _TRANSPOSING = {5, 6, 7, 8}
-
-
-def _error(message):
-    from .datasets import DatasetError
-
-    return DatasetError(message)
 
 
 def _listed(items: List[str]) -> str:
@@ -52,14 +48,14 @@ def check_unique_images(images: List[dict], json_file: str) -> None:
         image_id, name = img.get("id"), img.get("file_name")
         if image_id in by_id:
             j = by_id[image_id]
-            raise _error(
+            raise DatasetError(
                 f"{json_file!r}: image id {image_id} appears twice in 'images': images[{j}] "
                 f"(file_name {images[j].get('file_name')!r}) and images[{i}] (file_name "
                 f"{name!r}); annotations would be drawn on the wrong image. Give every image "
                 "a unique id")
         if name in by_name:
             j = by_name[name]
-            raise _error(
+            raise DatasetError(
                 f"{json_file!r}: file_name {name!r} appears twice in 'images': images[{j}] "
                 f"(id {images[j].get('id')}) and images[{i}] (id {image_id}); one picture "
                 "would be trained twice under two sets of boxes. Merge the two entries")
@@ -94,32 +90,52 @@ def inspect_image_files(images: List[dict], json_file: str, image_root: str) -> 
         try:
             check_mode(mode, path)
         except ImageModeError as e:
-            raise _error(f"{json_file!r}: image id {img['id']}: {e}") from None
+            raise DatasetError(f"{json_file!r}: image id {img['id']}: {e}") from None
         if (width, height) != (img["width"], img["height"]):
             mismatched.append(f"image id {img['id']} {path!r}: json {img['width']}x"
                               f"{img['height']}, file {width}x{height}")
         if needs_8bit_conversion(mode):
             to_convert[path] = mode
     if unreadable:
-        raise _error(f"{json_file!r}: {len(unreadable)} image files cannot be opened as images: "
+        raise DatasetError(f"{json_file!r}: {len(unreadable)} image files cannot be opened as images: "
                      f"{_listed(unreadable)}. Restore them, or remove them from the json")
     if mismatched:
-        raise _error(
+        raise DatasetError(
             f"{json_file!r}: {len(mismatched)} images have a width x height in the json that "
             f"differs from the file (EXIF orientation applied): {_listed(mismatched)}. Fix "
             "'width' and 'height' in the json (boxes are in the file's pixels)")
     return to_convert
 
 
-def usable_annotation_count(coco: dict, is_degenerate) -> Dict[str, int]:
-    """{"usable", "degenerate", "crowd", "total"} annotation counts of a parsed COCO dict;
-    ``is_degenerate(bbox, width, height)`` decides degenerate boxes."""
+#: A box is usable when, clipped to its image, both of its sides are longer than this (pixels
+#: of the file). detectron2's DatasetMapper clips the resized box to the image and drops it when
+#: a side is <= 1e-5 px (``utils.filter_empty_instances``); 1e-2 px stays above that for any
+#: resize that shrinks an image less than 1000-fold, so registration, the load-time filter
+#: and the loader agree: a box counted as usable here is a box the model trains on.
+MIN_BOX_SIDE = 1e-2
+#: how a degenerate box is described in warnings and errors
+DEGENERATE_BOX_RULE = (f"clipped to the image, a side of at most {MIN_BOX_SIDE:g} px: zero, "
+                       "negative or vanishing width or height, or outside the image")
+
+
+def is_degenerate_box(bbox: Sequence[float], width: int, height: int) -> bool:
+    """True when the XYWH box ``bbox`` in an image of ``width`` x ``height`` pixels is not
+    usable: clipped to the image, its width or height is at most ``MIN_BOX_SIDE``."""
+    x, y, w, h = bbox
+    clipped_w = min(x + w, width) - max(x, 0)
+    clipped_h = min(y + h, height) - max(y, 0)
+    return not (clipped_w > MIN_BOX_SIDE and clipped_h > MIN_BOX_SIDE)
+
+
+def usable_annotation_count(coco: dict) -> Dict[str, int]:
+    """{"usable", "degenerate", "crowd", "total"} annotation counts of a parsed COCO dict
+    (degenerate: ``is_degenerate_box``)."""
     sizes = {img["id"]: (img["width"], img["height"]) for img in coco["images"]}
     counts = {"usable": 0, "degenerate": 0, "crowd": 0, "total": len(coco["annotations"])}
     for ann in coco["annotations"]:
         if ann.get("iscrowd", 0):
             counts["crowd"] += 1
-        elif is_degenerate(ann["bbox"], *sizes[ann["image_id"]]):
+        elif is_degenerate_box(ann["bbox"], *sizes[ann["image_id"]]):
             counts["degenerate"] += 1
         else:
             counts["usable"] += 1
@@ -136,10 +152,10 @@ def check_trainable(dataset_names, metadata_of) -> None:
         if counts is None or counts["usable"] > 0:
             continue
         json_file = getattr(metadata_of(name), "json_file", "?")
-        raise _error(
+        raise DatasetError(
             f"training dataset {name!r} ({json_file}) has no usable annotation: of "
             f"{counts['total']} annotations, {counts['degenerate']} have degenerate boxes "
-            f"(width or height <= 0, or outside the image) and {counts['crowd']} are crowd "
+            f"({DEGENERATE_BOX_RULE}) and {counts['crowd']} are crowd "
             "regions (iscrowd=1), which detectron2 does not train on. Check the boxes' format: "
             "COCO 'bbox' is [x, y, width, height] in pixels")
 

@@ -11,8 +11,11 @@ Registration (``parse_dataset_arg`` / ``register_coco_dataset``) reads the json 
 early, naming the file, the key or id and the value, when: the json or the image folder is
 missing; the json is truncated or malformed; ``images``, ``annotations`` or ``categories`` is
 missing or not a list; an annotation's ``category_id`` is not among the categories; an image
-file is missing. Annotations with degenerate boxes (width or height <= 0, or entirely outside
-the image) are dropped when the dataset is loaded, with one warning per dataset that counts them.
+file is missing; two categories share a name; an object in the json repeats a key. Annotations
+with degenerate boxes (``coco_checks.is_degenerate_box``: clipped to the image, a side of at
+most ``MIN_BOX_SIDE`` = 0.01 px, the one definition that registration, the load-time filter and
+detectron2's loader agree on) are dropped when the dataset is loaded, with one warning per
+dataset that counts them; a training dataset with no usable box is refused.
 
 The dataset is loaded by detectron2's ``load_coco_json`` and then filtered
 (``load_checked_coco_json``); its metadata has ``json_file``, ``image_root``,
@@ -33,6 +36,7 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
 from . import coco_checks
+from .errors import DatasetError, DatasetFileNotFoundError, ImageReadError  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +47,6 @@ EMBEDDED_DEFAULT_HINT = (
 )
 #: At most this many missing image files are listed in an error.
 MAX_LISTED = 5
-
-
-class DatasetError(ValueError):
-    """A dataset argument or file is invalid; the message names the file, key and value."""
-
-
-class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
-    """A file or folder a dataset needs does not exist (both a ValueError and an OSError)."""
-
-
-class ImageReadError(OSError):
-    """An image file of a dataset cannot be read; the message names the file."""
 
 
 # ----------------------------------------------------------------------------- registration
@@ -120,7 +112,7 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> str:
         evaluator_type="coco",
         thing_classes=[c["name"] for c in categories],
         thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories)},
-        annotation_counts=coco_checks.usable_annotation_count(coco, _is_degenerate),
+        annotation_counts=coco_checks.usable_annotation_count(coco),
     )
     logger.info(
         f"Registered dataset {name!r}: {len(coco['images'])} images, "
@@ -132,13 +124,46 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> str:
 # ----------------------------------------------------------------------------- checks of the json
 
 
+class _RepeatedKeyError(ValueError):
+    def __init__(self, key, pairs):
+        values = [v for k, v in pairs if k == key]
+        self.key, self.count = key, len(values)
+        self.values = ", ".join(_short(v) for v in values[:3])
+        ident = next((f"{k}={v!r}" for k, v in pairs if k in ("id", "file_name", "name")
+                      and k != key and not isinstance(v, (dict, list))), None)
+        self.shown = f"with {ident}" if ident else "{" + ", ".join(
+            f"{k!r}: {_short(v)}" for k, v in pairs[:4]) + (", ...}" if len(pairs) > 4 else "}")
+        super().__init__(key)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _object_without_repeated_keys(pairs):
+    """``json.load``'s ``object_pairs_hook``: a dict, or ``_RepeatedKeyError`` for a key that
+    appears twice in one object (``json`` would silently keep the last value)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _RepeatedKeyError(repeated, pairs)
+    return out
+
+
 def read_coco_json(json_file: str) -> dict:
     """Parse a COCO json file; errors name the file and, for bad JSON, the position."""
     if not os.path.isfile(json_file):
         raise DatasetFileNotFoundError(f"annotation file {json_file!r} does not exist")
     try:
         with open(json_file, encoding="utf-8") as f:
-            coco = json.load(f)
+            coco = json.load(f, object_pairs_hook=_object_without_repeated_keys)
+    except _RepeatedKeyError as e:
+        raise DatasetError(
+            f"annotation file {json_file!r}: the JSON object {e.shown} has the key {e.key!r} "
+            f"{e.count} times (values {e.values}); a JSON reader keeps only the last one, so "
+            "the others would be lost without a word. Keep one value per key") from None
     except json.JSONDecodeError as e:
         raise DatasetError(
             f"annotation file {json_file!r} is not valid JSON (truncated or malformed?): "
@@ -179,12 +204,6 @@ def _require(json_file: str, what: str, obj, key: str, kind, positive=False):
     return value
 
 
-def _is_degenerate(bbox: Sequence[float], width: int, height: int) -> bool:
-    """True for an XYWH box with w or h <= 0 or lying entirely outside the image."""
-    x, y, w, h = bbox
-    return w <= 0 or h <= 0 or x >= width or y >= height or x + w <= 0 or y + h <= 0
-
-
 def validate_coco_json(coco: dict, json_file: str, image_root: Optional[str] = None) -> int:
     """Check the content of a parsed COCO dict (see the module docstring).
 
@@ -197,12 +216,27 @@ def validate_coco_json(coco: dict, json_file: str, image_root: Optional[str] = N
         the number of annotations with degenerate boxes (they are dropped at load time).
     """
     category_ids = set()
+    id_of_name: Dict[str, int] = {}
     for i, cat in enumerate(coco["categories"]):
         cid = _require(json_file, f"categories[{i}]", cat, "id", int)
-        _require(json_file, f"category id {cid}", cat, "name", str)
+        name = _require(json_file, f"category id {cid}", cat, "name", str)
         if cid in category_ids:
             raise DatasetError(f"{json_file!r}: category id {cid} appears twice in 'categories'")
         category_ids.add(cid)
+        key = " ".join(name.split()).casefold()  # "Car", "car " and "car" read as one name
+        if not key:
+            raise DatasetError(f"{json_file!r}: category id {cid} has an empty name {name!r}; "
+                               "give every category a name")
+        if key in id_of_name:
+            other = id_of_name[key]
+            other_name = next(c["name"] for c in coco["categories"] if c.get("id") == other)
+            raise DatasetError(
+                f"{json_file!r}: categories id {other} ({other_name!r}) and id {cid} "
+                f"({name!r}) have the same name: predictions of the two classes could not be "
+                "told apart by name (classes.json, prediction pictures, COCO results). Merge "
+                "them into one category (and re-map the annotations' category_id), or rename "
+                "one")
+        id_of_name[key] = cid
     if not category_ids:
         raise DatasetError(f"{json_file!r}: 'categories' is empty (at least one class needed)")
 
@@ -252,7 +286,7 @@ def validate_coco_json(coco: dict, json_file: str, image_root: Optional[str] = N
                 f"{json_file!r}: annotation id {ann_id} has bbox={bbox!r}, expected "
                 "[x, y, width, height] (4 finite numbers, pixels)"
             )
-        num_degenerate += _is_degenerate(bbox, *sizes[image_id])
+        num_degenerate += coco_checks.is_degenerate_box(bbox, *sizes[image_id])
 
     if image_root is not None:
         _check_image_files(coco["images"], json_file, image_root)
@@ -287,7 +321,7 @@ def _warn_degenerate(dataset_name: Optional[str], json_file: str, count: int) ->
     _WARNED_DEGENERATE.add(key)
     logger.warning(
         f"Dataset {dataset_name!r} ({json_file}): dropping {count} annotations with degenerate "
-        "boxes (width or height <= 0, or entirely outside the image)"
+        f"boxes ({coco_checks.DEGENERATE_BOX_RULE})"
     )
 
 
@@ -303,7 +337,7 @@ def validate_coco_dicts(
         kept = []
         for ann in record.get("annotations", []):
             box = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYWH_ABS)
-            if _is_degenerate(box, record["width"], record["height"]):
+            if coco_checks.is_degenerate_box(box, record["width"], record["height"]):
                 dropped += 1
             else:
                 kept.append(ann)

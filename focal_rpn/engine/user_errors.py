@@ -33,7 +33,7 @@ class UserError(Exception):
 def user_error_types() -> Tuple[Type[BaseException], ...]:
     """The exception classes whose message is meant for the user (imported lazily: the
     modules that define them import torch and detectron2)."""
-    from ..data.datasets import DatasetError, ImageReadError
+    from ..data.errors import DatasetError, ImageReadError
     from .reliability import (
         CheckpointLoadError,
         ConfigError,
