@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import focal_rpn.losses as L
+import focal_rpn.losses.sigmoid as L  # the sigmoid kernels: chunk sizes, SPARSE_TARGET_FRACTION
 from focal_rpn.losses import sigmoid_focal_loss
 
 REDUCTIONS = ("none", "mean", "sum")
