@@ -28,7 +28,8 @@ from focal_rpn.data.synthetic import make_tiny_coco
 from focal_rpn.engine import build_argument_parser, build_config, main, prepare_datasets, setup
 from focal_rpn.engine.config_checks import VALUE_CHECKS, plugin_keys
 from focal_rpn.engine.output_dir import OutputDirError, check_output_dir, check_resume
-from focal_rpn.engine.reliability import CheckpointLoadError, ConfigError
+from focal_rpn.engine.checkpoint import CheckpointLoadError
+from focal_rpn.engine.config_merge import ConfigError
 from focal_rpn.engine.threads import StepTimeWatch, auto_threads, configure_threads, parse_threads
 from focal_rpn.engine.user_errors import find_user_error
 from focal_rpn.engine.weights import WeightsMismatchError, load_matching_weights, weights_mismatch

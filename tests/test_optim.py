@@ -8,7 +8,7 @@ from detectron2.config import get_cfg
 import focal_rpn
 from focal_rpn.engine import build_argument_parser
 from focal_rpn.engine.optim import build_optimizer
-from focal_rpn.engine.reliability import ConfigError
+from focal_rpn.engine.config_merge import ConfigError
 from focal_rpn.engine.trainer import build_config
 
 QUICK_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "quick_retinanet_R18.yaml")

@@ -22,15 +22,9 @@ from detectron2.utils.events import EventStorage
 from focal_rpn.data.datasets import ImageReadError, register_coco_dataset
 from focal_rpn.data.synthetic import make_tiny_coco
 from focal_rpn.engine import Trainer, build_argument_parser, build_config, prepare_datasets, setup
-from focal_rpn.engine.reliability import (
-    INTERRUPTED_EXIT_CODE,
-    AtomicCheckpointer,
-    CheckpointLoadError,
-    ConfigError,
-    NonFiniteLossError,
-    NonFiniteWeightsError,
-    TrainingInterrupted,
-)
+from focal_rpn.engine.checkpoint import AtomicCheckpointer, CheckpointLoadError, NonFiniteWeightsError
+from focal_rpn.engine.config_merge import ConfigError
+from focal_rpn.engine.guards import INTERRUPTED_EXIT_CODE, NonFiniteLossError, TrainingInterrupted
 from focal_rpn.modeling.retinanet import FocalRetinaNet
 from focal_rpn.modeling.rpn import FocalRPN
 
@@ -266,7 +260,7 @@ KILL_DURING_SAVE = r"""
 import os, signal, sys, torch
 sys.path.insert(0, {tests!r})
 from tiny_models import tiny_model
-from focal_rpn.engine.reliability import AtomicCheckpointer
+from focal_rpn.engine.checkpoint import AtomicCheckpointer
 model = tiny_model("retinanet_R50.yaml")
 checkpointer = AtomicCheckpointer(model, {out!r})
 checkpointer.save("model_final", iteration=1)

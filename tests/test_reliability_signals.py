@@ -15,7 +15,7 @@ import torch
 
 from focal_rpn.data.synthetic import make_tiny_coco
 from focal_rpn.engine import build_argument_parser, main
-from focal_rpn.engine.reliability import INTERRUPTED_EXIT_CODE
+from focal_rpn.engine.guards import INTERRUPTED_EXIT_CODE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "quick_retinanet_R18.yaml")

@@ -25,8 +25,10 @@ override the config, as in train_net.py.
 Refused with one line ``predict: error: ...`` (``--debug`` or FOCAL_RPN_DEBUG=1: traceback):
 weights whose parameters do not fit the model (missing, unexpected or other shapes: listed);
 class names whose count differs from the model's; an ``--output`` that is a file, or a folder
-holding an earlier ``predictions.json`` (unless ``--overwrite``); images of a mode that cannot
-be read as 8-bit colour (16-bit and float images are scaled: focal_rpn.data.image_io).
+holding an earlier ``predictions.json`` (unless ``--overwrite``). An image that cannot be read
+(corrupt, too large to decode, a mode that is not 8-bit colour once scaled:
+focal_rpn.data.image_io) is skipped and listed at the end with its error; the tool fails only
+if no image could be read, or with ``--strict`` if any could not.
 """
 import argparse
 import glob
@@ -51,7 +53,7 @@ from focal_rpn.data import synthetic  # noqa: E402
 from focal_rpn.data.image_io import read_image_rgb8  # noqa: E402
 from focal_rpn.engine.config_checks import check_config  # noqa: E402
 from focal_rpn.engine.output_dir import check_output_dir  # noqa: E402
-from focal_rpn.engine.reliability import merge_config_file, merge_config_opts  # noqa: E402
+from focal_rpn.engine.config_merge import merge_config_file, merge_config_opts  # noqa: E402
 from focal_rpn.engine.user_errors import UserError, run_tool  # noqa: E402
 from focal_rpn.engine.weights import (  # noqa: E402
     RUN_CONFIG_FILE,
@@ -86,6 +88,11 @@ def build_parser():
         help="write into an --output folder that holds the predictions of an earlier run",
     )  # fmt: skip
     parser.add_argument("--debug", action="store_true", help="tracebacks for input errors")
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="exit with an error if any input image cannot be read (default: predict the "
+        "readable ones, list the others at the end, fail only if none can be read)",
+    )  # fmt: skip
     parser.add_argument(
         "--score-thresh", type=float, default=0.5,
         help="keep detections scoring at least this (default 0.5)",
@@ -245,8 +252,11 @@ def build_predictor(cfg):
     return predictor
 
 
-def predict(cfg, files, output_dir, classes, score_thresh, predictor=None):
-    """Run the model on ``files``; write the pictures and return the JSON entries."""
+def predict(cfg, files, output_dir, classes, score_thresh, predictor=None, unreadable=None):
+    """Run the model on ``files``; write the pictures and return the JSON entries.
+
+    An image that cannot be read is skipped: ``(path, "Type: message")`` is appended to
+    ``unreadable`` (a list; None: the first such image raises PredictError)."""
     from detectron2.data import Metadata
 
     predictor = predictor or build_predictor(cfg)
@@ -257,7 +267,11 @@ def predict(cfg, files, output_dir, classes, score_thresh, predictor=None):
         try:
             image = read_image_rgb8(path, format="BGR")  # any PIL mode, 8 bits per channel
         except (OSError, SyntaxError, ValueError) as e:
-            raise PredictError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+            if unreadable is None:
+                raise PredictError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from None
+            unreadable.append((path, f"{type(e).__name__}: {e}"))
+            logger.warning(f"{path}: cannot be read, skipped ({type(e).__name__}: {e})")
+            continue
         instances = predictor(image)["instances"].to("cpu")
         instances = instances[instances.scores >= score_thresh]
         drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
@@ -294,12 +308,29 @@ def run(args):
     files = list_inputs(args.input)
     predictor = build_predictor(cfg)
     classes = class_names(cfg, args.dataset_name, cfg.MODEL.WEIGHTS)
-    results = predict(cfg, files, args.output, classes, args.score_thresh, predictor)
+    unreadable = []
+    results = predict(cfg, files, args.output, classes, args.score_thresh, predictor, unreadable)
     out = os.path.join(args.output, "predictions.json")
-    with open(out, "w") as f:  # one image per line
-        f.write("[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n")
-    logger.info(f"{len(results)} images: pictures and {out} written")
+    if results:
+        with open(out, "w") as f:  # one image per line
+            f.write("[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n")
+        logger.info(f"{len(results)} images: pictures and {out} written")
+    if unreadable:
+        report_unreadable(unreadable, len(files), strict=args.strict or not results)
     return results
+
+
+def report_unreadable(unreadable, num_files, strict):
+    """Log the images that could not be read, with their errors; raise PredictError when
+    ``strict`` (``--strict``, or no image could be read at all)."""
+    listed = "\n".join(f"  {path}: {error}" for path, error in unreadable)
+    summary = f"{len(unreadable)} of {num_files} images could not be read"
+    if not strict:
+        logger.warning(f"{summary} and have no prediction:\n{listed}")
+        return
+    done = ("none could be read" if len(unreadable) == num_files else
+            "the others were predicted and written; --strict makes this an error")
+    raise PredictError(f"{summary} ({done}):\n{listed}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+from ..engine.output_dir import LOCK_FILE, OutputDirError, claim_output_dir
 from . import report, results
 from .runs import (
     ComparisonError, Entry, Run, budget_schedule, build_entries, entry_config, fixed_schedule,
@@ -90,11 +91,13 @@ def common_options(args) -> List[str]:
 
 def check_output_dir(output_dir: str, skip_existing: bool):
     """Refuse to write a comparison over an earlier one unless asked to reuse it."""
-    if skip_existing or not os.path.isdir(output_dir) or not os.listdir(output_dir):
+    found = sorted(n for n in os.listdir(output_dir) if n != LOCK_FILE) \
+        if os.path.isdir(output_dir) else []
+    if skip_existing or not found:
         return
     raise ComparisonError(
-        f"--output-dir {output_dir} already holds an earlier comparison ({', '.join(sorted(os.listdir(output_dir))[:5])}"
-        f"{', ...' if len(os.listdir(output_dir)) > 5 else ''}); nothing was changed. Use a new "
+        f"--output-dir {output_dir} already holds an earlier comparison ({', '.join(found[:5])}"
+        f"{', ...' if len(found) > 5 else ''}); nothing was changed. Use a new "
         "--output-dir, or --skip-existing to reuse its finished runs that match these settings")
 
 
@@ -150,7 +153,9 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
     budget = budget if budget else None
     output_dir = os.path.abspath(args.output_dir)
     check_output_dir(output_dir, args.skip_existing)
-    os.makedirs(output_dir, exist_ok=True)
+    # atomic: a second comparison into the folder, even one started at the same instant, stops
+    claim_output_dir(output_dir, option="--output-dir")
+    check_output_dir(output_dir, args.skip_existing)
 
     schedule = None if budget else fixed_schedule(base_cfg, args.iters)
     total = len(seeds) * len(entries)
@@ -242,6 +247,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         entries = build_entries(args.config, args.variant)
         return run_comparison(entries, args)
-    except ComparisonError as e:
+    except (ComparisonError, OutputDirError) as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2

@@ -55,6 +55,12 @@ def parse_seeds(spec: str) -> List[int]:
 def parse_options(tokens: Sequence[str], where: str) -> List[str]:
     """Check KEY VALUE pairs: an even count, keys in detectron2's dotted upper-case form."""
     tokens = list(tokens)
+    for i, token in enumerate(tokens):
+        if token.startswith("--") and len(token) > 2 and token[2].isalpha():
+            raise ComparisonError(
+                f"{where}: the flag {token.split('=', 1)[0]} stands among the KEY VALUE options "
+                f"(after {' '.join(tokens[max(0, i - 2):i]) or 'nothing'!r}); everything after "
+                "the first KEY is read as a config option: put flags before the options")
     if len(tokens) % 2:
         raise ComparisonError(f"{where}: options come in KEY VALUE pairs; {tokens[-1]!r} has no value")
     for key in tokens[::2]:

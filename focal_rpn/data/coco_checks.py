@@ -25,7 +25,15 @@ from typing import Dict, List, Optional, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DatasetError
-from .image_io import ImageModeError, check_mode, exif_transposed, needs_8bit_conversion, to_rgb8
+from .image_io import (
+    ImageModeError,
+    ImageTooLargeError,
+    check_mode,
+    exif_transposed,
+    needs_8bit_conversion,
+    open_image,
+    to_rgb8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +90,10 @@ def inspect_image_files(images: List[dict], json_file: str, image_root: str) -> 
     for img in images:
         path = os.path.join(image_root, img["file_name"])
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 mode, (width, height) = image.mode, oriented_size(image)
+        except ImageTooLargeError as e:
+            raise DatasetError(f"{json_file!r}: image id {img['id']}: {e}") from None
         except (OSError, UnidentifiedImageError, SyntaxError) as e:
             unreadable.append(f"{path!r} ({type(e).__name__}: {e})")
             continue
@@ -180,7 +190,7 @@ def convert_to_8bit_cache(path: str, root: Optional[str] = None) -> str:
     if os.path.isfile(target):
         return target
     os.makedirs(root, exist_ok=True)
-    with Image.open(path) as image:
+    with open_image(path) as image:
         image.load()
         rgb = exif_transposed(image, to_rgb8(image, path))
     tmp = f"{target}.tmp-{os.getpid()}"

@@ -29,13 +29,15 @@ import json
 import logging
 import math
 import os
+import warnings
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
+from PIL import Image
 
-from . import coco_checks
+from . import coco_checks, image_io
 from .errors import DatasetError, DatasetFileNotFoundError, ImageReadError  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -485,7 +487,8 @@ def require_builtin_datasets(cfg) -> None:
 
 
 class CheckedDatasetMapper(DatasetMapper):
-    """detectron2's DatasetMapper, but an image that cannot be read names its file.
+    """detectron2's DatasetMapper, but an image that cannot be read (or is too large to decode)
+    names its file.
 
     Errors of reading the image (missing, truncated or corrupt file: OSError, or SyntaxError,
     which PIL raises for some broken PNGs) become an ``ImageReadError`` naming ``file_name``.
@@ -493,7 +496,16 @@ class CheckedDatasetMapper(DatasetMapper):
 
     def __call__(self, dataset_dict):
         try:
-            return super().__call__(dataset_dict)
+            with warnings.catch_warnings():
+                # named once per file at registration (image_io.open_image), not at every read
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return super().__call__(dataset_dict)
+        except Image.DecompressionBombError as e:
+            file_name = dataset_dict.get("file_name", "<record without file_name>")
+            raise ImageReadError(
+                f"image file {file_name!r} (image_id {dataset_dict.get('image_id')!r}) is too "
+                f"large to decode: {e}. Downscale it, or raise the limit with "
+                f"{image_io.MAX_PIXELS_ENV}=<pixels> (0: no limit)") from None
         except (OSError, SyntaxError) as e:
             file_name = dataset_dict.get("file_name", "<record without file_name>")
             raise ImageReadError(

@@ -14,6 +14,16 @@
     (e.g. ``"--overwrite"``, ``"replace it"``), or ``resume_flag=None`` when the tool has no
     such flag.
 
+``claim_output_dir(path)``
+    Makes one process the only run in a folder, atomically: an exclusive ``fcntl.flock`` on
+    ``path/.focal_rpn.lock``, held until the run ends (``release_output_dir``) or the process
+    dies. A second run into the folder, started at the same instant or later, is refused with
+    ``OutputDirBusyError`` naming the folder and the holder (pid, host, command, start time,
+    written into the lock file). A stale lock cannot block ``--resume``: the kernel drops a
+    flock when its process ends, however it ends (SIGKILL and power loss included), so the
+    file a killed run leaves behind holds no lock and the next run claims it at once. On a file
+    system without locks the claim is skipped with a warning.
+
 ``check_resume(path)``
     For ``--resume``: a warning naming the folder when it does not exist or has no
     ``last_checkpoint`` (training then starts from MODEL.WEIGHTS; sibling folders that do hold
@@ -21,11 +31,21 @@
     ``last_checkpoint`` is empty or names a file that is missing, listing the checkpoints that
     exist.
 """
+import datetime
+import errno
 import fnmatch
 import glob
+import json
 import logging
 import os
-from typing import List, Optional, Sequence
+import socket
+import sys
+from typing import Dict, List, Optional, Sequence
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no claim (see claim_output_dir)
+    fcntl = None
 
 from .user_errors import UserError
 
@@ -39,6 +59,69 @@ LAST_CHECKPOINT = "last_checkpoint"
 
 class OutputDirError(UserError, ValueError):
     """An output folder holds an earlier run (or is a file); the message says how to go on."""
+
+
+class OutputDirBusyError(OutputDirError):
+    """Another live process holds the folder's claim; the message names it."""
+
+
+#: the lock file of ``claim_output_dir`` (hidden; not a marker of a finished run)
+LOCK_FILE = ".focal_rpn.lock"
+#: folders this process holds: real path -> the open file descriptor carrying the flock
+_HELD: Dict[str, int] = {}
+
+
+def _holder_text(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = json.loads(os.read(fd, 65536).decode() or "{}")
+        return (f"pid {holder['pid']} on {holder['host']}, started {holder['started']}: "
+                f"{holder['command']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not yet written its name"
+
+
+def claim_output_dir(path: str, *, option: str = "OUTPUT_DIR") -> bool:
+    """Claim ``path`` for this process (see the module docstring); creates the folder.
+
+    Returns True when claimed now, False when this process already held it or the file
+    system has no locks. Raises ``OutputDirBusyError`` when another process holds it."""
+    if not path:
+        return False
+    os.makedirs(path, exist_ok=True)
+    key = os.path.realpath(path)
+    if key in _HELD or fcntl is None:
+        return False
+    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = _holder_text(fd) if e.errno in (errno.EAGAIN, errno.EACCES) else None
+        os.close(fd)
+        if holder is None:  # ENOLCK, EOPNOTSUPP...: a file system without locks
+            logger.warning(f"{option} {path!r}: the file system cannot lock files ({e}); two "
+                           "runs started into this folder at once would not be told apart")
+            return False
+        raise OutputDirBusyError(
+            f"{option} {path!r} is in use by another run ({holder}). Two runs in one folder "
+            f"would write every metric twice and mix their checkpoints. Wait for that run to "
+            f"end, or choose a new folder, e.g. {option} {free_folder_name(path)}. (The claim "
+            f"is a lock on {LOCK_FILE} that ends with its process, however it ends: a killed "
+            "run leaves no claim behind.)") from None
+    record = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv)}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(record).encode())
+    _HELD[key] = fd
+    return True
+
+
+def release_output_dir(path: str) -> None:
+    """End this process's claim of ``path`` (nothing if it holds none)."""
+    fd = _HELD.pop(os.path.realpath(path), None) if path else None
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
 
 
 def run_files(path: str, markers: Sequence[str] = TRAINING_RUN_MARKERS) -> List[str]:

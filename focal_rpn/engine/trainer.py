@@ -36,7 +36,13 @@ from .config_merge import ConfigError, merge_config_file, merge_config_opts
 from .guards import GracefulInterrupt, IterationSeeder, NonFiniteLossGuard
 from .hooks import PredictionVisualizer, RunStats
 from .optim import build_optimizer, check_optimizer_config
-from .output_dir import check_output_dir, check_resume
+from .output_dir import (
+    OutputDirBusyError,
+    check_output_dir,
+    check_resume,
+    claim_output_dir,
+    release_output_dir,
+)
 from .threads import StepTimeWatch, add_threads_argument, configure_threads
 from .weights import load_matching_weights, write_run_classes
 
@@ -100,8 +106,13 @@ def setup(args):
         device_note = f"CUDA is unavailable: MODEL.DEVICE {cfg.MODEL.DEVICE!r} -> 'cpu'"
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
-    # before default_setup writes config.yaml: never mix a new run into a finished one
-    check_output_dir(cfg.OUTPUT_DIR, resume=args.resume or args.eval_only)
+    # before default_setup writes config.yaml: never mix a new run into a finished one, nor
+    # into a live one (the claim is atomic; the check again after it sees what a run that
+    # ended in between left)
+    resume = args.resume or args.eval_only
+    check_output_dir(cfg.OUTPUT_DIR, resume=resume)
+    claim_output_dir_on_every_rank(cfg.OUTPUT_DIR)
+    check_output_dir(cfg.OUTPUT_DIR, resume=resume)
     default_setup(cfg, args)
     # focal_rpn's own messages (time budget, dataset generation, ...) beside detectron2's
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_rpn",
@@ -110,6 +121,20 @@ def setup(args):
     if device_note:
         logging.getLogger("detectron2").warning(device_note)
     return cfg
+
+
+def claim_output_dir_on_every_rank(path):
+    """The main process claims ``path`` (``claim_output_dir``); a refusal stops every rank."""
+    error = None
+    if comm.is_main_process():
+        try:
+            claim_output_dir(path)
+        except OutputDirBusyError as e:
+            error = str(e)
+    if comm.get_world_size() > 1:
+        error = next((e for e in comm.all_gather(error) if e), None)
+    if error:
+        raise OutputDirBusyError(error)
 
 
 def config_dataset_names(cfg):
@@ -386,6 +411,14 @@ def main(args):
     """train_net: train (or with --eval-only, evaluate) the model of ``args``; returns the
     evaluation results on the main process."""
     cfg = setup(args)
+    try:
+        return _train_or_evaluate(cfg, args)
+    finally:
+        if comm.is_main_process():
+            release_output_dir(cfg.OUTPUT_DIR)
+
+
+def _train_or_evaluate(cfg, args):
     prepare_datasets(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

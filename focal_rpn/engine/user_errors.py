@@ -34,12 +34,9 @@ def user_error_types() -> Tuple[Type[BaseException], ...]:
     """The exception classes whose message is meant for the user (imported lazily: the
     modules that define them import torch and detectron2)."""
     from ..data.errors import DatasetError, ImageReadError
-    from .reliability import (
-        CheckpointLoadError,
-        ConfigError,
-        NonFiniteLossError,
-        NonFiniteWeightsError,
-    )
+    from .checkpoint import CheckpointLoadError, NonFiniteWeightsError
+    from .config_merge import ConfigError
+    from .guards import NonFiniteLossError
 
     return (UserError, DatasetError, ImageReadError, ConfigError, CheckpointLoadError,
             NonFiniteLossError, NonFiniteWeightsError)
@@ -75,6 +72,11 @@ def _with_subclasses(cls):
         yield from _with_subclasses(sub)
 
 
+def display_path(path) -> str:
+    """A path quoted as text, also when a library gave it as bytes (tensorboard's writer)."""
+    return repr(os.fsdecode(path)) if isinstance(path, (bytes, str, os.PathLike)) else repr(path)
+
+
 def find_user_error(exc: BaseException) -> Optional[str]:
     """The message of the user error that ``exc`` is, wraps or quotes, else None."""
     types = user_error_types()
@@ -88,7 +90,7 @@ def find_user_error(exc: BaseException) -> Optional[str]:
             if quoted is not None:
                 return quoted
         if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS and exc.filename:
-            return f"cannot write or read {exc.filename!r}: {exc.strerror}"
+            return f"cannot write or read {display_path(exc.filename)}: {exc.strerror}"
         if isinstance(exc, types):
             return text
         exc = exc.__cause__ or exc.__context__
