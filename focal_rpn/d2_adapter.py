@@ -209,7 +209,14 @@ class CheckpointerWithFileReader:
     fvcore's ``Checkpointer._load_file`` is its override point for reading one file (detectron2's
     DetectionCheckpointer overrides it for .pkl / .pyth and, on main, URL options such as
     ``?matching_heuristics=True``); there is no public one. Delegating to it keeps all of that.
+
+    Likewise ``_load_model`` (loads the file's state into the model; detectron2 overrides it
+    too): its report of what did not load is kept as ``incompatible_keys`` for
+    ``focal_rpn.engine.weights``' checks.
     """
+
+    #: what the last ``load`` could not load (fvcore's _IncompatibleKeys), None before a load
+    incompatible_keys = None
 
     def _load_file(self, filename):
         return self.read_checkpoint_file(filename, lambda: super(
@@ -225,3 +232,12 @@ class CheckpointerWithFileReader:
         from fvcore.common.checkpoint import Checkpointer
 
         return self.read_checkpoint_file(filename, lambda: Checkpointer._load_file(self, filename))
+
+    def _load_model(self, checkpoint):
+        """fvcore's ``_load_model`` (detectron2 overrides it for name matching of model-zoo
+        files), with its report of what did not load kept as ``self.incompatible_keys``
+        (missing_keys, unexpected_keys, incorrect_shapes): fvcore only logs it."""
+        incompatible = super(CheckpointerWithFileReader, self)._load_model(checkpoint)
+        self.incompatible_keys = incompatible
+        return incompatible
+

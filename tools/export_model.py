@@ -96,8 +96,8 @@ def sample_images(paths, num_images, resize, input_format):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import focal_rpn  # noqa: F401  (registers the models)
-    from detectron2.checkpoint import DetectionCheckpointer
-
+    from focal_rpn.engine.checkpoint import CheckpointLoadError
+    from focal_rpn.engine.weights import WeightsMismatchError, load_matching_weights
     from focal_rpn.export import (
         BOX_ATOL,
         FORMATS,
@@ -121,7 +121,8 @@ def main(argv=None):
             raise UnsupportedExportError(f"--weights {args.weights!r} is not a file")
         model, resize, input_format = load_model(args.config_file, args.opts)
         check_exportable(model, args.format)
-        DetectionCheckpointer(model).load(args.weights)
+        # every parameter, same shapes: the check of predict and --eval-only
+        load_matching_weights(model, args.weights)
         images = sample_images(args.sample_image, args.num_images, resize, input_format)
         sizes = sorted({tuple(i.shape[-2:]) for i in images})
         if len(sizes) > 1:
@@ -141,7 +142,7 @@ def main(argv=None):
             path, runner = export(model, fmt, images[0], args.output)
             reports[fmt] = (path, check_exported(eager, runner, images, names))
             exported[RUNTIME_NAMES[fmt]] = runner
-    except UnsupportedExportError as e:
+    except (UnsupportedExportError, WeightsMismatchError, CheckpointLoadError) as e:
         print(f"export_model: error: {e}", file=sys.stderr)
         return 2
     except ExportCheckError as e:

@@ -29,6 +29,7 @@ and restart their stream on resume. On GPU, bit-exactness also needs determinist
 are not deterministic.
 """
 import itertools
+import signal
 import operator
 from typing import Iterator, Optional, Tuple
 
@@ -172,7 +173,7 @@ class ResumableTrainLoader:
     def _start_stream(self):
         generator = torch.Generator()
         generator.manual_seed(derived_seed(self.sampler.seed, 2))
-        common = dict(num_workers=self.num_workers, worker_init_fn=worker_init_reset_seed,
+        common = dict(num_workers=self.num_workers, worker_init_fn=_worker_init,
                       generator=generator)
         if self.aspect_ratio_grouping:
             items = torchdata.DataLoader(ToIterableDataset(self.data, self.sampler),
@@ -182,6 +183,16 @@ class ResumableTrainLoader:
         batches = torchdata.BatchSampler(self.sampler, self.batch_size, drop_last=True)
         return iter(torchdata.DataLoader(self.data, batch_sampler=batches,
                                          collate_fn=trivial_batch_collator, **common))
+
+
+def _worker_init(worker_id: int) -> None:
+    """detectron2's worker seeding; and Ctrl-C or a SIGTERM sent to the whole process group
+    (a terminal, a job scheduler) is left to the main process, which finishes the step, saves
+    (engine.guards.GracefulInterrupt) and then shuts the workers down, instead of killing the
+    worker under it. A worker still ends with its parent (torch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker_init_reset_seed(worker_id)
 
 
 def build_resumable_train_loader(cfg, mapper, dataset=None) -> ResumableTrainLoader:

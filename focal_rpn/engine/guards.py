@@ -12,13 +12,16 @@ Non-finite losses (``NonFiniteLossGuard``)
     every rank stops at the same iteration.
 
 Interruption (``GracefulInterrupt``)
-    SIGTERM (as sent by schedulers, ``kill``, torchrun): the current iteration finishes, a
-    checkpoint ``model_<iter>.pth`` is saved (unless the periodic checkpointer just saved this
-    iteration), and the process exits with code ``INTERRUPTED_EXIT_CODE`` (143 = 128 + SIGTERM)
-    through ``TrainingInterrupted`` (a ``SystemExit``). ``--resume`` continues at the next
-    iteration. A second SIGTERM kills at once (the previous checkpoint stays intact). A SIGTERM
-    in the last iteration lets the run finish normally. SIGKILL cannot be caught: ``--resume``
-    continues from the last periodic checkpoint (SOLVER.CHECKPOINT_PERIOD).
+    SIGTERM (as sent by schedulers, ``kill``, torchrun) or Ctrl-C (SIGINT): the current
+    iteration finishes, a checkpoint ``model_<iter>.pth`` is saved (unless the periodic
+    checkpointer just saved this iteration), and the process exits with 128 + the signal
+    (``INTERRUPTED_EXIT_CODE`` = 143 for SIGTERM, 130 for SIGINT) through
+    ``TrainingInterrupted`` (a ``SystemExit``); the tool prints one line with the command that
+    continues (``focal_rpn.engine.interrupts``). ``--resume`` continues at the next iteration.
+    A second signal of the same kind gets the previous behaviour at once (the previous
+    checkpoint stays intact). A signal in the last iteration lets the run finish normally.
+    SIGKILL cannot be caught: ``--resume`` continues from the last periodic checkpoint
+    (SOLVER.CHECKPOINT_PERIOD).
 """
 import logging
 import math
@@ -49,11 +52,13 @@ class TrainingInterrupted(SystemExit):
     ``INTERRUPTED_EXIT_CODE`` unless caught. ``checkpoint`` and ``iteration`` say what was
     saved."""
 
-    def __init__(self, message, checkpoint=None, iteration=None, code=INTERRUPTED_EXIT_CODE):
+    def __init__(self, message, checkpoint=None, iteration=None, code=INTERRUPTED_EXIT_CODE,
+                 signum=signal.SIGTERM):
         super().__init__(code)
         self.message = message
         self.checkpoint = checkpoint
         self.iteration = iteration
+        self.signum = signum
 
     def __str__(self):
         return self.message
@@ -134,11 +139,11 @@ class NonFiniteLossGuard(HookBase):
 
 
 class GracefulInterrupt(HookBase):
-    """On SIGTERM: finish the iteration, save ``model_<iter>.pth``, exit with
+    """On SIGTERM or SIGINT: finish the iteration, save ``model_<iter>.pth``, exit with
     ``TrainingInterrupted`` (see the module docstring). Handlers are installed only while
     training, in the main thread; the previous handlers are restored after training."""
 
-    def __init__(self, checkpointer, signals=(signal.SIGTERM,)):
+    def __init__(self, checkpointer, signals=(signal.SIGTERM, signal.SIGINT)):
         self.checkpointer = checkpointer
         self.signals = tuple(signals)
         self._received = None
@@ -173,8 +178,9 @@ class GracefulInterrupt(HookBase):
         if self.checkpointer.last_saved_iteration != iteration:
             self.checkpointer.save(name, iteration=iteration)
         path = self.checkpointer.get_checkpoint_file() if comm.is_main_process() else name
-        signame = signal.Signals(self._received).name if self._received else "a signal"
-        message = (f"{signame} received: stopped after iteration {iteration}, checkpoint "
-                   f"{path}; continue with --resume")
+        signum = self._received or signal.SIGTERM
+        message = (f"{signal.Signals(signum).name} received: stopped after iteration "
+                   f"{iteration}, checkpoint {path}; continue with --resume")
         logger.warning(message)
-        raise TrainingInterrupted(message, checkpoint=path, iteration=iteration)
+        raise TrainingInterrupted(message, checkpoint=path, iteration=iteration,
+                                  code=128 + int(signum), signum=signum)

@@ -69,6 +69,7 @@ class OutputDirBusyError(OutputDirError):
 LOCK_FILE = ".focal_rpn.lock"
 #: folders this process holds: real path -> the open file descriptor carrying the flock
 _HELD: Dict[str, int] = {}
+_CLAIMED: List[str] = []
 
 
 def _holder_text(fd: int) -> str:
@@ -114,7 +115,16 @@ def claim_output_dir(path: str, *, option: str = "OUTPUT_DIR") -> bool:
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(record).encode())
     _HELD[key] = fd
+    if key in _CLAIMED:
+        _CLAIMED.remove(key)
+    _CLAIMED.append(key)
     return True
+
+
+def claimed_output_dirs() -> List[str]:
+    """The folders this process has claimed (its runs' OUTPUT_DIRs), the latest first, also
+    those released since (an interrupted run releases its folder before the tool reports)."""
+    return list(reversed(_CLAIMED))
 
 
 def release_output_dir(path: str) -> None:

@@ -44,7 +44,7 @@ from .output_dir import (
     release_output_dir,
 )
 from .threads import StepTimeWatch, add_threads_argument, configure_threads
-from .weights import load_matching_weights, write_run_classes
+from .weights import check_initial_weights, load_matching_weights, write_run_classes
 
 logger = logging.getLogger("focal_rpn.engine")
 
@@ -303,7 +303,12 @@ class Trainer(DefaultTrainer):
         stopped (stream position start_iter x IMS_PER_BATCH, the checkpoint's seed)."""
         if resume:
             check_resume(self.cfg.OUTPUT_DIR)  # warns / names what is there
+        resuming = resume and self.checkpointer.has_checkpoint()
+        self.checkpointer.incompatible_keys = None
         super().resume_or_load(resume=resume)
+        if not resuming and self.cfg.MODEL.WEIGHTS:
+            check_initial_weights(self.checkpointer.model, self.cfg.MODEL.WEIGHTS,
+                                  self.checkpointer.incompatible_keys)
         stream = getattr(self.data_loader, "resumable_stream", None)
         if stream is None:
             if self.start_iter > 0:

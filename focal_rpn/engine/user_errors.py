@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import sys
 from typing import Callable, Optional, Tuple, Type
 
@@ -147,13 +148,28 @@ def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
     ``debug`` (default: ``debug_requested()``): let every exception propagate with its
     traceback.
     """
+    from .guards import TrainingInterrupted
+    from .interrupts import SignalInterrupt, exit_code, interruption_message, sigterm_raises
+    from .output_dir import claimed_output_dirs
+
     debug = debug_requested() if debug is None else debug
     try:
+        with sigterm_raises():
+            if debug:
+                return fn()
+            with quiet_user_error_logs():
+                return fn()
+    except TrainingInterrupted as e:  # stopped in the training loop, checkpoint saved
+        stopped = f"stopped after iteration {e.iteration}, checkpoint {e.checkpoint}"
+        print(f"{prog}: {interruption_message(e.signum, [], stopped=stopped)}", file=sys.stderr)
+        sys.exit(e.code)
+    except (KeyboardInterrupt, SignalInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{prog}: {interruption_message(signum, claimed_output_dirs())}", file=sys.stderr)
         if debug:
-            return fn()
-        with quiet_user_error_logs():
-            return fn()
-    except (KeyboardInterrupt, SystemExit):
+            raise
+        sys.exit(exit_code(signum))
+    except SystemExit:
         raise
     except Exception as e:
         message = None if debug else find_user_error(e)

@@ -9,6 +9,10 @@ run leaves beside its weights for prediction.
     random heads). The message names the config keys that set the class count. Model-zoo
     files (``.pkl``) keep detectron2's name-matching rules and are loaded as detectron2 does.
 
+``check_initial_weights(model, path, incompatible)``
+    Training (also each run of ``tools/compare.py``): ``MODEL.WEIGHTS`` may fit in part
+    (fine-tuning a new head), but a file of which not one parameter loads is refused.
+
 ``write_run_classes(cfg)`` / ``read_run_classes(folder)``
     ``OUTPUT_DIR/classes.json`` (written when training starts) holds the class names of the
     run's training dataset, so that ``tools/predict.py --weights RUN/model_final.pth`` labels
@@ -105,7 +109,56 @@ def load_matching_weights(model, path: str, cfg=None, checkpointer_cls=None):
         message = mismatch_message(path, weights_mismatch(model_state, file_state), cfg)
         if message:
             raise WeightsMismatchError(message)
-    return checkpointer.load(path, checkpointables=[])
+    checkpointer.incompatible_keys = None
+    result = checkpointer.load(path, checkpointables=[])
+    # other formats (model-zoo .pkl: detectron2 matches their names while loading): what the
+    # load itself reports as not loaded
+    problems = _not_loaded(checkpointer.incompatible_keys)
+    if problems is not None:
+        problems["unexpected"] = []  # model-zoo files carry extra entries (e.g. the ImageNet fc)
+        message = mismatch_message(path, problems, cfg)
+        if message:
+            raise WeightsMismatchError(message)
+    return result
+
+
+def _not_loaded(incompatible) -> Optional[Dict[str, List[str]]]:
+    """``weights_mismatch``'s form of fvcore's report of a load (None: no report)."""
+    if incompatible is None:
+        return None
+    return {"missing": sorted(incompatible.missing_keys),
+            "unexpected": sorted(incompatible.unexpected_keys),
+            "shape": sorted(f"{k}: file {list(a)} vs model {list(b)}"
+                            for k, a, b in incompatible.incorrect_shapes)}
+
+
+def check_initial_weights(model, path: str, incompatible) -> None:
+    """After training loaded ``MODEL.WEIGHTS`` (``path``) into ``model``: raise
+    ``WeightsMismatchError`` when not one parameter of the model came from the file (the
+    run would train from random weights while the config says otherwise); log one line
+    counting what starts from its initialisation when only part loaded (fine-tuning: a new
+    head, another class count)."""
+    problems = _not_loaded(incompatible)
+    if problems is None:
+        return
+    # parameters only: detectron2 drops pixel_mean / pixel_std from the missing buffers
+    names = [n for n, _ in model.named_parameters()]
+    missing = set(problems["missing"]) | {p.split(":", 1)[0] for p in problems["shape"]}
+    not_loaded = [n for n in names if n in missing]
+    loaded = [n for n in names if n not in missing]
+    if not loaded:
+        file_side = problems["unexpected"]
+        holds = f"the file holds {len(file_side)} others ({_listed(file_side)})" if file_side \
+            else "the file holds none that fit"
+        raise WeightsMismatchError(
+            f"MODEL.WEIGHTS {path!r}: not one of the model's {len(names)} parameters "
+            f"could be loaded from it ({len(problems['shape'])} with another shape; {holds}). "
+            "Training would start from random weights. Give the weights of this model or of "
+            "its backbone, or MODEL.WEIGHTS \"\" to train from scratch on purpose")
+    if not_loaded:
+        logger.warning(
+            f"MODEL.WEIGHTS {path!r}: {len(loaded)} of {len(names)} parameters loaded; "
+            f"{len(not_loaded)} start from their initialisation ({_listed(not_loaded)})")
 
 
 def write_run_classes(cfg) -> Optional[str]:
