@@ -43,7 +43,7 @@ def add_focal_rpn_config(cfg):
         _C.MODEL.FOCAL_RETINANET.WINOGRAD = None
     if "CHANNELS_LAST" not in _C.MODEL.FOCAL_RETINANET:
         # Weights and images in channels-last (NHWC) memory format, which oneDNN's CPU
-        # convolutions take without layout reorders (measured: README, Benchmarks). "auto":
+        # convolutions take without layout reorders (measured: docs/benchmarks.md). "auto":
         # channels-last where the model runs on CPU, the layout as built elsewhere (GPU);
         # True / False: always / never. None (the default) means "auto", as for WINOGRAD.
         _C.MODEL.FOCAL_RETINANET.CHANNELS_LAST = None

@@ -13,7 +13,7 @@ Default: 3 seeds (9 runs of 600 iterations). Measured on 2026-12-01 on a 2-core 
 (AVX-512) that other jobs were sharing: 66 minutes (0.54-0.91 s per iteration). Where the step
 takes about 0.33 s (a VM that runs `make demo` at 0.38 s per iteration) that is about 40
 minutes, inside the 45 minutes this default is sized for; on a slower or busy machine pass
---seeds 0,1 (6 runs, about 44 minutes on that shared VM). README, "FL-RPN against standard
+--seeds 0,1 (6 runs, about 44 minutes on that shared VM). docs/comparisons.md, "FL-RPN against standard
 Faster R-CNN: a real run".
 """
 import argparse

@@ -1,7 +1,7 @@
 # RetinaNet R50-FPN (Lin et al.), as configs/retinanet_R50.yaml: detectron2's own
 # common/models/retinanet.py with focal_rpn's FocalRetinaNet (sigmoid focal loss), lr 0.01,
 # COCO 1x schedule.
-# Train with detectron2's tools/lazyconfig_train_net.py after `import focal_rpn` (README:
+# Train with detectron2's tools/lazyconfig_train_net.py after `import focal_rpn` (docs/configs.md:
 # "LazyConfig (Python) configs").
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L

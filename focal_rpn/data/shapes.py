@@ -9,7 +9,7 @@ Design choices (what a detector can and cannot learn from these images):
   with what is under it), so colour is no cue. Shapes stand upright, tilted by at most
   ``MAX_TILT_DEGREES``, as most things in photographs do. (Generator version 1 rotated them
   freely: the quick recipe then reached box AP 21.5 in 900 iterations, with most of the loss in
-  telling rotated shapes apart; see README.)
+  telling rotated shapes apart; the runs are in the README of commit 00f9be2.)
 * Object size (the longer side of its unoccluded tight box) is log-uniform in
   ``[MIN_OBJECT_SIZE, image_size // 2]``.
 * Objects may overlap. A later object is only placed where every earlier object keeps at least

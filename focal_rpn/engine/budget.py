@@ -1,7 +1,7 @@
 """Training within a wall-time budget: ``SOLVER.TIME_BUDGET_MINUTES``.
 
 A schedule in iterations (MAX_ITER, STEPS, WARMUP_ITERS) takes very different times on
-different machines (the README's "Training for a time, not a number of iterations" has
+different machines (docs/training.md's "Training for a time, not a number of iterations" has
 measured step times). With a budget the schedule keeps its *shape* and shrinks to what fits in
 the time:
 

@@ -11,7 +11,7 @@ core is busy: a training step of the quick recipe went from 0.084 s (1 thread) t
   process may run on (``os.sched_getaffinity``) divided among this machine's training processes,
   at least 1. It does not subtract the load average: that lags by a minute (a run started right
   after another, or after ``make install``, would train on one core of a free machine), and with
-  passive waiting two threads were no slower than one on a loaded machine (README).
+  passive waiting two threads were no slower than one on a loaded machine (docs/internals.md).
   ``OMP_NUM_THREADS`` in the environment wins over ``auto`` (an explicit choice);
 * ``StepTimeWatch`` (a hook) warns once when the step time jumps to several times the fastest
   steps seen, naming the likely cause (competing processes) and the fix (``--threads``).

@@ -3,7 +3,7 @@
 Why: a fresh CPU tensor of more than 32 MB (glibc's largest mmap threshold) gets new pages from
 the kernel on every call, and the first write to each 4 KB page is a page fault. For the
 (120,000 x 81) float32 gradient of the softmax focal loss that is about 9,500 faults (their
-measured cost is in the README's *Benchmarks*, softmax focal loss); with 2 MB pages it is
+measured cost is in the docs/results/benchmarks-2026-11-23.md, softmax focal loss); with 2 MB pages it is
 about 20 faults. PyTorch can do this process-wide (the ``THP_MEM_ALLOC_ENABLE`` environment
 variable, read at start-up); this module does it for the buffers we choose, by advising the
 kernel (``madvise(MADV_HUGEPAGE)``) over the 2 MB-aligned inside of the buffer before anything

@@ -327,7 +327,7 @@ class _WinogradConv3x3Fn(torch.autograd.Function):
         return grad_x, grad_weight
 
 
-# Where Winograd paid off on the AVX2 VM of the README's first table (time of winograd_conv3x3 /
+# Where Winograd paid off on the AVX2 VM of docs/results/benchmarks-2026-11-23.md (time of winograd_conv3x3 /
 # F.conv2d, forward + backward; forward alone in brackets): 256 -> 256 channels on 4 x 32 x 32
 # maps 0.49 (0.62), 16 x 16 0.69 (0.71), 12 x 12 0.84 (0.91), 8 x 8 1.29 (1.31); 256 -> 720
 # on 32 x 32 0.40; 256 -> 36 (RetinaNet's box conv) 1.32; 128 -> 128 on 16 x 16 0.91 (1.16);
