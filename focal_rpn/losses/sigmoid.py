@@ -305,12 +305,6 @@ def _softplus_neg_abs(x: Tensor, out: Tensor, tmp: Tensor, tmp2: Tensor) -> Tens
     return u.log_().sub_(c)
 
 
-def _softplus_threshold(dtype: torch.dtype) -> float:
-    """softplus(x) is taken as x above this: the neglected log1p(exp(-x)) is below the rounding
-    of x (exp(-20) / 20 < 2^-24 for float32, exp(-40) / 40 < 2^-53 for float64)."""
-    return 40.0 if dtype == torch.float64 else 20.0
-
-
 def _negative_chunk(
     xc: Tensor,
     a: Tensor,
