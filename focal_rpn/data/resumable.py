@@ -29,8 +29,9 @@ and restart their stream on resume. On GPU, bit-exactness also needs determinist
 are not deterministic.
 """
 import itertools
-import signal
 import operator
+import os
+import signal
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -185,13 +186,24 @@ class ResumableTrainLoader:
                                          collate_fn=trivial_batch_collator, **common))
 
 
+def _exit_quietly(signum, frame):
+    os._exit(0)
+
+
 def _worker_init(worker_id: int) -> None:
-    """detectron2's worker seeding; and Ctrl-C or a SIGTERM sent to the whole process group
-    (a terminal, a job scheduler) is left to the main process, which finishes the step, saves
-    (engine.guards.GracefulInterrupt) and then shuts the workers down, instead of killing the
-    worker under it. A worker still ends with its parent (torch's watchdog)."""
+    """detectron2's worker seeding, and the worker's side of a signal sent to the whole
+    process group (a terminal's Ctrl-C, a job scheduler's SIGTERM), so that the main process
+    can finish its step and save (engine.guards.GracefulInterrupt):
+
+    * SIGINT is ignored: the main process shuts the worker down after saving;
+    * SIGTERM ends the worker with exit status 0. Killed by the signal, the worker's death
+      would make torch raise "DataLoader worker is killed by signal" in the main process at
+      once, mid-step; a worker that exits cleanly is only missed at the next fetch, which an
+      interrupted run never makes. (Ignoring SIGTERM is no option: Python's exit ends a
+      worker that does not stop with SIGTERM, and would then wait for it forever.)
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
     worker_init_reset_seed(worker_id)
 
 

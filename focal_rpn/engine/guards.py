@@ -36,6 +36,7 @@ from detectron2.utils import comm
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ..data.seeding import derived_seed, seed_all
+from .interrupts import note_signal
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class GracefulInterrupt(HookBase):
 
     def _handle(self, signum, frame):
         self._received = signum
+        note_signal(signum)
         # a second signal of the same kind gets the previous behaviour (default: terminate)
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 

@@ -30,12 +30,28 @@ class SignalInterrupt(BaseException):
         self.signum = signum
 
 
+#: the signals received while the current tool runs (see ``note_signal``)
+_RECEIVED: List[int] = []
+
+
+def note_signal(signum: int) -> None:
+    """Record that ``signum`` arrived: an error that follows it (a data loader worker killed by
+    the same SIGTERM sent to the whole process group) is then reported as the interruption."""
+    _RECEIVED.append(int(signum))
+
+
+def received_signal() -> Optional[int]:
+    """The first signal noted since the tool started, or None."""
+    return _RECEIVED[0] if _RECEIVED else None
+
+
 def exit_code(signum: int) -> int:
     """The shell's status of a process ended by ``signum``: 128 + the signal number."""
     return 128 + int(signum)
 
 
 def _raise_signal_interrupt(signum, frame):
+    note_signal(signum)
     raise SignalInterrupt(signum)
 
 
@@ -43,6 +59,7 @@ def _raise_signal_interrupt(signum, frame):
 def sigterm_raises():
     """While in the body (main thread only), SIGTERM raises ``SignalInterrupt`` instead of
     ending the process without a word; the previous handler is restored after."""
+    _RECEIVED.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -149,7 +149,13 @@ def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
     traceback.
     """
     from .guards import TrainingInterrupted
-    from .interrupts import SignalInterrupt, exit_code, interruption_message, sigterm_raises
+    from .interrupts import (
+        SignalInterrupt,
+        exit_code,
+        interruption_message,
+        received_signal,
+        sigterm_raises,
+    )
     from .output_dir import claimed_output_dirs
 
     debug = debug_requested() if debug is None else debug
@@ -172,6 +178,12 @@ def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
     except SystemExit:
         raise
     except Exception as e:
+        signum = received_signal()
+        if signum is not None and not debug:  # e.g. a worker killed by the same signal
+            print(f"{prog}: {interruption_message(signum, claimed_output_dirs())} (it stopped "
+                  f"with {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})",
+                  file=sys.stderr)
+            sys.exit(exit_code(signum))
         message = None if debug else find_user_error(e)
         if message is None:
             raise
