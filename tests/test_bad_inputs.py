@@ -244,12 +244,15 @@ def test_json_size_that_differs_from_the_file_is_an_error_at_registration(tmp_pa
     assert "width' and 'height' in the json" in message
 
 
-@pytest.mark.parametrize("spoil", ["degenerate", "crowd"])
+@pytest.mark.parametrize("spoil", ["degenerate", "vanishing", "crowd"])
 def test_dataset_without_a_usable_box_is_refused_before_training(tmp_path, spoil):
+    """"vanishing": boxes of 1e-9 px pass a "w, h > 0" check but not the loader (issue 27)."""
     json_file, image_root, coco = tiny_coco(tmp_path / "d")
     for ann in coco["annotations"]:
         if spoil == "degenerate":
             ann["bbox"][2] = 0
+        elif spoil == "vanishing":
+            ann["bbox"][2] = ann["bbox"][3] = 1e-9
         else:
             ann["iscrowd"] = 1
     bad = write_json(tmp_path / f"{spoil}.json", coco)
@@ -261,7 +264,7 @@ def test_dataset_without_a_usable_box_is_refused_before_training(tmp_path, spoil
         prepare_datasets(cfg, args)
     n = len(coco["annotations"])
     assert f"training dataset {name!r}" in str(err.value) and bad in str(err.value)
-    counts = f"{n} have degenerate boxes" if spoil == "degenerate" else f"{n} are crowd regions"
+    counts = f"{n} are crowd regions" if spoil == "crowd" else f"{n} have degenerate boxes"
     assert counts in str(err.value)
 
 

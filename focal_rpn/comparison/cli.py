@@ -16,8 +16,8 @@ from typing import List, Optional, Sequence
 from ..engine.output_dir import LOCK_FILE, OutputDirError, claim_output_dir
 from . import report, results
 from .runs import (
-    ComparisonError, Entry, Run, budget_schedule, build_entries, entry_config, fixed_schedule,
-    parse_options, parse_seeds, read_json, schedule_options, test_dataset_of, train,
+    ComparisonError, Entry, Run, apply_seed_offsets, budget_schedule, build_entries, entry_config,
+    fixed_schedule, parse_options, parse_seeds, read_json, schedule_options, test_dataset_of, train,
 )
 
 DEFAULT_BOOTSTRAP = 200
@@ -53,6 +53,10 @@ def add_comparison_arguments(p: argparse.ArgumentParser, default_seeds: str, def
     p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="B",
                    help="resamples of the validation images for the bootstrap intervals "
                         f"(first seed's predictions; default {DEFAULT_BOOTSTRAP}; 0: none)")
+    p.add_argument("--seed-offset", action="append", default=[], metavar="NAME=K",
+                   help="entry NAME trains with SEED = seed + K (repeatable): an A/A "
+                        "comparison of one config against itself with other seeds measures "
+                        "how often chance alone gets a 'higher' / 'lower' verdict")
     p.add_argument("--skip-existing", action="store_true",
                    help="reuse the runs of an earlier comparison in --output-dir that finished "
                         "with the same config and options; train the others again (their old "
@@ -135,6 +139,7 @@ def _log(message: str):
 def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log) -> int:
     """Train every entry once per seed, write the outputs; 0 if every run succeeded."""
     seeds = parse_seeds(args.seeds)
+    apply_seed_offsets(entries, getattr(args, "seed_offset", []))
     common = common_options(args)
     if args.iters is not None and args.iters < 1:
         raise ComparisonError(f"--iters {args.iters}: give a positive number of iterations")
@@ -171,7 +176,8 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
             sched_opts = ["SOLVER.TIME_BUDGET_MINUTES", str(budget)] if first_budgeted \
                 else schedule_options(schedule)
             run = Run(entry, seed, os.path.join(output_dir, entry.key, f"seed{seed}"),
-                      common + list(entry.opts) + sched_opts + ["SEED", str(seed)])
+                      common + list(entry.opts) + sched_opts
+                      + ["SEED", str(seed + entry.seed_offset)])
             log(f"==> run {number}/{total}: {entry.name}, seed {seed} ({_eta(done, total - number + 1)})")
             previous = run.finished_record() if args.skip_existing else None
             if previous is not None:
@@ -208,7 +214,8 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
             boot = {"seed": seeds[0], "num_samples": args.bootstrap, "image_seed": 0}
     doc = {
         "title": title,
-        "entries": [{"name": e.name, "key": e.key, "config_file": e.config_file, "opts": e.opts} for e in entries],
+        "entries": [{"name": e.name, "key": e.key, "config_file": e.config_file, "opts": e.opts,
+                     "seed_offset": e.seed_offset} for e in entries],
         "baseline": names[0], "seeds": seeds, "common_opts": common, "test_dataset": test_dataset,
         "schedule": {**schedule, "steps": list(schedule["steps"])},
         "time_budget_minutes": budget,

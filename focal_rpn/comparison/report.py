@@ -54,6 +54,10 @@ def markdown(doc) -> str:
     for r in failed:
         lines += ["", f"**{r['entry']} seed {r['seed']} failed (rc {r['returncode']})**: no numbers "
                   f"are shown for it; see `{os.path.join(r['output_dir'], 'train_net.stdout.txt')}`."]
+    offsets = [e for e in doc["entries"] if e.get("seed_offset")]
+    for e in offsets:
+        lines += ["", f"`{e['name']}` trains with SEED = seed + {e['seed_offset']} (other seeds "
+                  "than the others: its differences come from chance, not from pairing)."]
     for e in doc["entries"]:
         if e["opts"]:
             lines += ["", f"`{e['name']}`: `{e['config_file']}` with `{' '.join(e['opts'])}`"]

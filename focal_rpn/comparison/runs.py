@@ -34,6 +34,7 @@ class Entry:
     name: str            # shown in the tables
     config_file: str
     opts: List[str]      # KEY VALUE options of this entry (after the common ones)
+    seed_offset: int = 0  # trains with SEED = seed + seed_offset (an A/A arm: other seeds)
 
     @property
     def key(self) -> str:
@@ -116,6 +117,26 @@ def build_entries(config_specs: Sequence[str], variant_specs: Sequence[str]) -> 
         raise ComparisonError(f"entry names must differ (as folder names): {dup} repeat; name "
                               "them with --config NAME=FILE or distinct --variant names")
     return entries
+
+
+def apply_seed_offsets(entries: List[Entry], specs: Sequence[str]) -> None:
+    """``--seed-offset NAME=K``: entry NAME trains with SEED = seed + K, so that two arms of
+    one config differ by chance alone (an A/A comparison: training is deterministic, and the
+    same config at the same seeds differs by exactly 0)."""
+    by_name = {e.name: e for e in entries}
+    for spec in specs:
+        name, sep, value = spec.rpartition("=")
+        try:
+            offset = int(value)
+        except ValueError:
+            offset = None
+        if not sep or offset is None or offset < 0:
+            raise ComparisonError(f"--seed-offset {spec!r}: write NAME=K with K an integer >= 0, "
+                                  "e.g. --seed-offset B=1000")
+        if name.strip() not in by_name:
+            raise ComparisonError(f"--seed-offset {spec!r}: no entry named {name.strip()!r}; the "
+                                  f"entries are {sorted(by_name)}")
+        by_name[name.strip()].seed_offset = offset
 
 
 def entry_config(entry: Entry, common_opts: Sequence[str], extra: Sequence[str] = ()):
@@ -234,7 +255,7 @@ def budget_schedule(cfg, run_dir: str) -> Dict[str, object]:
 
 
 __all__ = [
-    "ComparisonError", "Entry", "Run", "build_entries", "budget_schedule", "entry_config",
+    "ComparisonError", "Entry", "Run", "apply_seed_offsets", "build_entries", "budget_schedule", "entry_config",
     "fixed_schedule", "parse_options", "parse_seeds", "parse_variant", "read_json",
     "schedule_options", "test_dataset_of", "train",
 ]
