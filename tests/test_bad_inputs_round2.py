@@ -284,7 +284,7 @@ def test_a_signal_outside_the_training_loop_ends_with_one_line_too(tmp_path):
     import time
 
     proc = start_tool("-c", "import time, focal_rpn.engine.user_errors as u; "
-                      "u.run_tool('train_net', lambda: time.sleep(60))")
+                      "u.run_tool('train_net', lambda: time.sleep(60), resumable=True)")
     time.sleep(8)  # past the imports
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)

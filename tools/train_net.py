@@ -29,7 +29,8 @@ def cli():
     print("Command Line Args:", args)
     debug = args.debug or debug_requested()
     # quietly: also in the processes --num-gpus N starts on CPU
-    run_tool("train_net", lambda: launch_main(main if debug else quietly(main), args), debug=debug)
+    run_tool("train_net", lambda: launch_main(main if debug else quietly(main), args), debug=debug,
+             resumable=True)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,11 @@ def saved_state(folders: List[str]) -> str:
 
 
 def interruption_message(signum: int, folders: List[str], argv=None,
-                         stopped: Optional[str] = None) -> str:
-    """One line: which signal, what is saved, the command that continues."""
+                         stopped: Optional[str] = None, resumable: bool = True) -> str:
+    """One line: which signal, what is saved, the command that continues (``resumable``: a
+    training tool that takes ``--resume``; else the command to run again)."""
     name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+    if not resumable:
+        return f"interrupted by {name}; nothing is lost but this run's own output: run it again"
     what = stopped or saved_state(folders)
     return f"interrupted by {name}: {what}. Continue with: {continue_command(argv)}"

@@ -1,9 +1,10 @@
 """One clear message for a user's mistake, instead of a library traceback.
 
-``run_tool(prog, fn, argv_debug)`` calls ``fn()``; when it raises a *user error* (a bad config,
-dataset, image, checkpoint or output folder: see ``user_error_types``), it prints
-``PROG: error: MESSAGE`` on stderr and exits with status 1, with no traceback. With ``--debug``
-on the command line or ``FOCAL_RPN_DEBUG=1`` in the environment the exception propagates as is.
+``run_tool(prog, fn)`` calls ``fn()``; when it raises a *user error* (a bad config, dataset,
+image, checkpoint or output folder: see ``user_error_types``), it prints ``PROG: error:
+MESSAGE`` on stderr and exits with status 1, with no traceback. With ``--debug`` on the command
+line or ``FOCAL_RPN_DEBUG=1`` in the environment the exception propagates as is. Ctrl-C and
+SIGTERM end it with one line too (``focal_rpn.engine.interrupts``).
 
 A user error is found wherever it hides: as the exception itself, in its ``__cause__`` /
 ``__context__`` chain, or re-raised by a DataLoader worker or a spawned process (their
@@ -142,11 +143,14 @@ def quietly(fn):
     return functools.partial(_call_quietly, fn)
 
 
-def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
+def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None,
+             resumable: bool = False):
     """Run ``fn()``; a user error ends the process with ``PROG: error: MESSAGE`` (exit 1).
 
-    ``debug`` (default: ``debug_requested()``): let every exception propagate with its
-    traceback.
+    Ctrl-C or SIGTERM ends it with one line (``focal_rpn.engine.interrupts``), exit status 128 +
+    the signal; ``resumable``: the tool trains and takes ``--resume`` (the line then names the
+    checkpoint and the command that continues). ``debug`` (default: ``debug_requested()``):
+    let every exception propagate with its traceback.
     """
     from .guards import TrainingInterrupted
     from .interrupts import (
@@ -171,7 +175,8 @@ def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
         sys.exit(e.code)
     except (KeyboardInterrupt, SignalInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        print(f"{prog}: {interruption_message(signum, claimed_output_dirs())}", file=sys.stderr)
+        print(f"{prog}: {interruption_message(signum, claimed_output_dirs(), resumable=resumable)}",
+              file=sys.stderr)
         if debug:
             raise
         sys.exit(exit_code(signum))
@@ -180,8 +185,9 @@ def run_tool(prog: str, fn: Callable[[], object], debug: Optional[bool] = None):
     except Exception as e:
         signum = received_signal()
         if signum is not None and not debug:  # e.g. a worker killed by the same signal
-            print(f"{prog}: {interruption_message(signum, claimed_output_dirs())} (it stopped "
-                  f"with {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})",
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            line = interruption_message(signum, claimed_output_dirs(), resumable=resumable)
+            print(f"{prog}: {line} (it stopped with {type(e).__name__}: {first_line})",
                   file=sys.stderr)
             sys.exit(exit_code(signum))
         message = None if debug else find_user_error(e)
