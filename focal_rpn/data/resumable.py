@@ -32,6 +32,7 @@ import itertools
 import operator
 import os
 import signal
+import threading
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -186,24 +187,35 @@ class ResumableTrainLoader:
                                          collate_fn=trivial_batch_collator, **common))
 
 
-def _exit_quietly(signum, frame):
-    os._exit(0)
+def _end_on_the_parents_sigterm(parent: int) -> None:
+    """Runs in a worker's thread: SIGTERM from the parent process (the DataLoader's shutdown,
+    Python's exit) ends the worker; from anyone else (a terminal or a job scheduler signalling
+    the whole process group) it is left to the parent, which saves first."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(0)
 
 
 def _worker_init(worker_id: int) -> None:
     """detectron2's worker seeding, and the worker's side of a signal sent to the whole
     process group (a terminal's Ctrl-C, a job scheduler's SIGTERM), so that the main process
-    can finish its step and save (engine.guards.GracefulInterrupt):
+    can finish its step and save (engine.guards.GracefulInterrupt) and then shut the workers
+    down:
 
-    * SIGINT is ignored: the main process shuts the worker down after saving;
-    * SIGTERM ends the worker with exit status 0. Killed by the signal, the worker's death
-      would make torch raise "DataLoader worker is killed by signal" in the main process at
-      once, mid-step; a worker that exits cleanly is only missed at the next fetch, which an
-      interrupted run never makes. (Ignoring SIGTERM is no option: Python's exit ends a
-      worker that does not stop with SIGTERM, and would then wait for it forever.)
+    * SIGINT is ignored;
+    * SIGTERM ends the worker only when its parent sent it. Killed by the group's signal, the
+      worker would make torch raise "DataLoader worker is killed by signal" in the main
+      process at once, mid-step. (Ignoring SIGTERM altogether is no option: Python's exit ends
+      a worker that does not stop with SIGTERM, and would then wait for it forever.) The
+      sender is known from ``sigwaitinfo``: SIGTERM is blocked in the worker and taken by one
+      thread. A worker also ends with its parent (torch's watchdog).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before any other thread
+    threading.Thread(target=_end_on_the_parents_sigterm, args=(parent,), daemon=True,
+                     name="focal_rpn-sigterm").start()
     worker_init_reset_seed(worker_id)
 
 
