@@ -209,7 +209,66 @@ def test_export_refuses_weights_that_do_not_fit_the_model(tmp_path, capsys):
         code = export_model.main(argv + [str(o) for o in MODEL_OPTS + config_opts])
         err = capsys.readouterr().err
         assert code == 2 and "do not fit the model" in err, err
-        assert not (tmp_path / f"export{i}").exists() or not os.listdir(tmp_path / f"export{i}")
+        assert not list((tmp_path / f"export{i}").glob("model.*"))
+
+
+def test_export_never_replaces_an_earlier_export_unasked(tmp_path, capsys):
+    import sys
+
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from tiny_models import TINY_OPTS as MODEL_OPTS
+    from tiny_models import tiny_model
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import export_model
+
+    sys.path.pop(0)
+    DetectionCheckpointer(tiny_model("retinanet_R50.yaml", []), str(tmp_path)).save("w")
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.ts").write_text("an earlier export")
+    argv = ["--config-file", os.path.join(REPO, "configs", "retinanet_R50.yaml"), "--weights",
+            str(tmp_path / "w.pth"), "--format", "torchscript", "--output", str(out),
+            "--num-images", "1", "--runs", "1"]
+    code = export_model.main(argv + [str(o) for o in MODEL_OPTS])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds an earlier export" in err and "--overwrite" in err
+    assert (out / "model.ts").read_text() == "an earlier export"
+
+
+def test_resume_with_a_config_that_changed_the_model_is_refused(tmp_path):
+    from focal_rpn.engine import main
+    from focal_rpn.engine.weights import WeightsMismatchError
+
+    from test_bad_inputs import _train_tiny_run
+
+    name, json_file, image_root = _train_tiny_run(tmp_path)  # 6 classes, into tmp_path/run
+    before = (tmp_path / "run" / "last_checkpoint").read_text()
+    args = args_for(RETINANET, tmp_path / "run", "DATASETS.TRAIN", f'("{name}",)',
+                    "MODEL.RETINANET.NUM_CLASSES", "8", "SOLVER.MAX_ITER", "4", resume=True)
+    args.dataset = [f"{name}={json_file}:{image_root}"]
+    with pytest.raises(WeightsMismatchError) as err:
+        main(args)
+    message = str(err.value)
+    assert message.startswith("--resume:") and "head.cls_score.weight: file" in message
+    assert "config.yaml" in message
+    assert (tmp_path / "run" / "last_checkpoint").read_text() == before
+
+
+def test_a_key_written_twice_in_a_yaml_config_is_refused_naming_both_lines(tmp_path):
+    from focal_rpn.engine.config_merge import ConfigError
+
+    base = tmp_path / "base.yaml"
+    base.write_text(f'_BASE_: "{RETINANET}"\nSOLVER:\n  BASE_LR: 0.01\n  MAX_ITER: 5\n'
+                    "  BASE_LR: 0.02\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f'_BASE_: "{base}"\nSOLVER:\n  MAX_ITER: 7\n')
+    for config in (base, child):  # in the file itself, or in a _BASE_ it inherits
+        with pytest.raises(ConfigError) as err:
+            setup(args_for(str(config), tmp_path / "out"))
+        assert str(base) in str(err.value)
+        assert "'BASE_LR' appears twice in one mapping (line 3, then line 5)" in str(err.value)
 
 
 def test_training_from_weights_that_share_no_parameter_is_refused(tmp_path):
@@ -245,7 +304,7 @@ def test_inference_refuses_a_model_zoo_file_that_fits_only_in_part(tmp_path):
 # ----------------------------------------------------------------------------- 5. signals
 
 
-@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_a_signal_in_training_ends_with_one_line_naming_the_checkpoint_and_the_command(
         tmp_path, sig, code):
     import signal

@@ -37,6 +37,8 @@ def build_parser():
     parser.add_argument("--runs", type=int, default=5, help="latency rounds (median, default 5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of PyTorch and onnxruntime (default: PyTorch's)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the model.ts / model.onnx of an earlier export in --output")
     parser.add_argument("--latency-all", action="store_true",
                         help="also export (and check) the other format, to time all three")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides")
@@ -93,10 +95,20 @@ def sample_images(paths, num_images, resize, input_format):
     return out
 
 
+def check_no_earlier_export(args):
+    """--output must not hold model.ts / model.onnx of an earlier export (unless --overwrite)."""
+    from focal_rpn.engine.output_dir import check_output_dir
+
+    check_output_dir(args.output, resume=args.overwrite, option="--output",
+                     resume_flag="--overwrite", resume_means="replace it",
+                     markers=("model.ts", "model.onnx"), what="an earlier export")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import focal_rpn  # noqa: F401  (registers the models)
     from focal_rpn.engine.checkpoint import CheckpointLoadError
+    from focal_rpn.engine.output_dir import OutputDirError, claim_output_dir
     from focal_rpn.engine.weights import WeightsMismatchError, load_matching_weights
     from focal_rpn.export import (
         BOX_ATOL,
@@ -119,6 +131,7 @@ def main(argv=None):
     try:
         if not os.path.isfile(args.weights):
             raise UnsupportedExportError(f"--weights {args.weights!r} is not a file")
+        check_no_earlier_export(args)
         model, resize, input_format = load_model(args.config_file, args.opts)
         check_exportable(model, args.format)
         # every parameter, same shapes: the check of predict and --eval-only
@@ -136,13 +149,17 @@ def main(argv=None):
             adapter(images[0])
         names = output_names(adapter)
         eager = eager_runner(model, images[0])
+        # the folder is made only now, once every check passed; an earlier export is never
+        # replaced unasked, nor one folder written by two exports at once
+        claim_output_dir(args.output, option="--output")
+        check_no_earlier_export(args)
         formats = list(FORMATS) if args.latency_all else [args.format]
         exported, reports = {}, {}
         for fmt in formats:
             path, runner = export(model, fmt, images[0], args.output)
             reports[fmt] = (path, check_exported(eager, runner, images, names))
             exported[RUNTIME_NAMES[fmt]] = runner
-    except (UnsupportedExportError, WeightsMismatchError, CheckpointLoadError) as e:
+    except (UnsupportedExportError, WeightsMismatchError, CheckpointLoadError, OutputDirError) as e:
         print(f"export_model: error: {e}", file=sys.stderr)
         return 2
     except ExportCheckError as e:

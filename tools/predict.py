@@ -25,7 +25,8 @@ override the config, as in train_net.py.
 Refused with one line ``predict: error: ...`` (``--debug`` or FOCAL_RPN_DEBUG=1: traceback):
 weights whose parameters do not fit the model (missing, unexpected or other shapes: listed);
 class names whose count differs from the model's; an ``--output`` that is a file, or a folder
-holding an earlier ``predictions.json`` (unless ``--overwrite``). An image that cannot be read
+holding an earlier ``predictions.json`` (unless ``--overwrite``), or one that another predict
+is writing into (an atomic claim: focal_rpn.engine.output_dir). An image that cannot be read
 (corrupt, too large to decode, a mode that is not 8-bit colour once scaled:
 focal_rpn.data.image_io) is skipped and listed at the end with its error; the tool fails only
 if no image could be read, or with ``--strict`` if any could not.
@@ -52,7 +53,7 @@ from focal_rpn.data import datasets as focal_datasets  # noqa: E402
 from focal_rpn.data import synthetic  # noqa: E402
 from focal_rpn.data.image_io import read_image_rgb8  # noqa: E402
 from focal_rpn.engine.config_checks import check_config  # noqa: E402
-from focal_rpn.engine.output_dir import check_output_dir  # noqa: E402
+from focal_rpn.engine.output_dir import check_output_dir, claim_output_dir  # noqa: E402
 from focal_rpn.engine.config_merge import merge_config_file, merge_config_opts  # noqa: E402
 from focal_rpn.engine.user_errors import UserError, run_tool  # noqa: E402
 from focal_rpn.engine.weights import (  # noqa: E402
@@ -301,9 +302,14 @@ def main(argv=None):
 def run(args):
     setup_logger(name="focal_rpn")
     setup_logger(name="detectron2", abbrev_name="d2")
-    check_output_dir(args.output, resume=args.overwrite, option="--output",
-                     resume_flag="--overwrite", resume_means="replace them",
-                     markers=("predictions.json",), what="the predictions of an earlier run")
+    def check_output():
+        check_output_dir(args.output, resume=args.overwrite, option="--output",
+                         resume_flag="--overwrite", resume_means="replace them",
+                         markers=("predictions.json",), what="the predictions of an earlier run")
+
+    check_output()
+    claim_output_dir(args.output, option="--output")  # one predict a folder, even at once
+    check_output()
     cfg = setup_cfg(args)
     files = list_inputs(args.input)
     predictor = build_predictor(cfg)

@@ -199,11 +199,11 @@ def _end_on_the_parents_sigterm(parent: int) -> None:
 
 def _worker_init(worker_id: int) -> None:
     """detectron2's worker seeding, and the worker's side of a signal sent to the whole
-    process group (a terminal's Ctrl-C, a job scheduler's SIGTERM), so that the main process
+    process group (a terminal's Ctrl-C or hang-up, a job scheduler's SIGTERM), so that the main process
     can finish its step and save (engine.guards.GracefulInterrupt) and then shut the workers
     down:
 
-    * SIGINT is ignored;
+    * SIGINT and SIGHUP (a closed terminal) are ignored;
     * SIGTERM ends the worker only when its parent sent it. Killed by the group's signal, the
       worker would make torch raise "DataLoader worker is killed by signal" in the main
       process at once, mid-step. (Ignoring SIGTERM altogether is no option: Python's exit ends
@@ -212,6 +212,7 @@ def _worker_init(worker_id: int) -> None:
       thread. A worker also ends with its parent (torch's watchdog).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before any other thread
     threading.Thread(target=_end_on_the_parents_sigterm, args=(parent,), daemon=True,

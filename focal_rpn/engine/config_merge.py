@@ -1,7 +1,8 @@
 """Config errors that name the file and key (``merge_config_file``, ``merge_config_opts``).
 
 A missing config file, an unknown key (with the closest known keys), a value of the wrong
-type or a YAML syntax error become ``ConfigError`` naming the file or option.
+type, a key written twice in one YAML mapping or a YAML syntax error become ``ConfigError``
+naming the file or option.
 """
 import ast
 import difflib
@@ -49,6 +50,7 @@ def merge_config_file(cfg, config_file: str) -> None:
     if not os.path.isfile(config_file):
         where = os.path.abspath(config_file)
         raise ConfigError(f"config file {config_file!r} does not exist (looked for {where})")
+    check_no_repeated_yaml_keys(config_file)
     try:
         cfg.merge_from_file(config_file)
     except KeyError as e:
@@ -59,6 +61,45 @@ def merge_config_file(cfg, config_file: str) -> None:
                           f"{message}") from None
     except (ValueError, AssertionError, yaml.YAMLError) as e:  # type mismatch, _BASE_, syntax
         raise ConfigError(f"config file {config_file!r}: {e}") from None
+
+
+def check_no_repeated_yaml_keys(config_file: str, _seen=None) -> None:
+    """Raise ``ConfigError`` when a mapping of ``config_file`` (or of a ``_BASE_`` it names)
+    has a key twice: YAML keeps the last value and drops the other without a word. A file that
+    does not parse is left to detectron2's reader (its error names the line)."""
+    import yaml
+
+    seen = set() if _seen is None else _seen
+    path = os.path.abspath(config_file)
+    if path in seen or not os.path.isfile(path):
+        return
+    seen.add(path)
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        first = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in first:
+                raise ConfigError(
+                    f"config file {config_file!r}: key {key!r} appears twice in one mapping (line "
+                    f"{first[key] + 1}, then line {key_node.start_mark.line + 1}); YAML keeps only "
+                    "the last value, without a word. Keep one")
+            first[key] = key_node.start_mark.line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_Loader)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return
+    base = data.get("_BASE_") if isinstance(data, dict) else None
+    if isinstance(base, str) and not base.startswith(("detectron2://", "http")):
+        check_no_repeated_yaml_keys(os.path.join(os.path.dirname(path), os.path.expanduser(base)),
+                                    seen)
 
 
 def _int_as_float(cfg, key, value):

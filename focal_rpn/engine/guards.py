@@ -12,10 +12,11 @@ Non-finite losses (``NonFiniteLossGuard``)
     every rank stops at the same iteration.
 
 Interruption (``GracefulInterrupt``)
-    SIGTERM (as sent by schedulers, ``kill``, torchrun) or Ctrl-C (SIGINT): the current
+    SIGTERM (as sent by schedulers, ``kill``, torchrun), Ctrl-C (SIGINT) or SIGHUP (the
+    terminal closed; not under ``nohup``, which ignores it, as any ignored signal): the current
     iteration finishes, a checkpoint ``model_<iter>.pth`` is saved (unless the periodic
     checkpointer just saved this iteration), and the process exits with 128 + the signal
-    (``INTERRUPTED_EXIT_CODE`` = 143 for SIGTERM, 130 for SIGINT) through
+    (``INTERRUPTED_EXIT_CODE`` = 143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP) through
     ``TrainingInterrupted`` (a ``SystemExit``); the tool prints one line with the command that
     continues (``focal_rpn.engine.interrupts``). ``--resume`` continues at the next iteration.
     A second signal of the same kind gets the previous behaviour at once (the previous
@@ -140,11 +141,11 @@ class NonFiniteLossGuard(HookBase):
 
 
 class GracefulInterrupt(HookBase):
-    """On SIGTERM or SIGINT: finish the iteration, save ``model_<iter>.pth``, exit with
+    """On SIGTERM, SIGINT or SIGHUP: finish the iteration, save ``model_<iter>.pth``, exit with
     ``TrainingInterrupted`` (see the module docstring). Handlers are installed only while
     training, in the main thread; the previous handlers are restored after training."""
 
-    def __init__(self, checkpointer, signals=(signal.SIGTERM, signal.SIGINT)):
+    def __init__(self, checkpointer, signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)):
         self.checkpointer = checkpointer
         self.signals = tuple(signals)
         self._received = None
@@ -160,6 +161,8 @@ class GracefulInterrupt(HookBase):
         self._received = None
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
+                if signal.getsignal(s) is signal.SIG_IGN:
+                    continue  # ignored on purpose (nohup, a background job): left so
                 self._previous[s] = signal.signal(s, self._handle)
 
     def after_train(self):

@@ -1,4 +1,5 @@
-"""One clear ending for a run stopped by Ctrl-C (SIGINT) or SIGTERM, wherever it is stopped.
+"""One clear ending for a run stopped by Ctrl-C (SIGINT), SIGTERM or SIGHUP, wherever it is
+stopped.
 
 Inside the training loop ``guards.GracefulInterrupt`` finishes the iteration and saves a
 checkpoint. Anywhere else (reading the data, building the model, evaluating), ``run_tool``
@@ -23,7 +24,8 @@ _CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 class SignalInterrupt(BaseException):
-    """SIGTERM received outside the training loop (a BaseException, as KeyboardInterrupt)."""
+    """SIGTERM or SIGHUP received outside the training loop (a BaseException, as
+    KeyboardInterrupt)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -55,19 +57,26 @@ def _raise_signal_interrupt(signum, frame):
     raise SignalInterrupt(signum)
 
 
+#: signals whose default action ends the process without a word (SIGINT raises already)
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
 def sigterm_raises():
-    """While in the body (main thread only), SIGTERM raises ``SignalInterrupt`` instead of
-    ending the process without a word; the previous handler is restored after."""
+    """While in the body (main thread only), SIGTERM and SIGHUP raise ``SignalInterrupt``
+    instead of ending the process without a word (an ignored one, as under ``nohup``, stays
+    ignored); the previous handlers are restored after."""
     _RECEIVED.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_signal_interrupt)
+    previous = {s: signal.signal(s, _raise_signal_interrupt) for s in TERMINATING_SIGNALS
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def continue_command(argv: Optional[Sequence[str]] = None) -> str:

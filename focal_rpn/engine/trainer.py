@@ -44,7 +44,12 @@ from .output_dir import (
     release_output_dir,
 )
 from .threads import StepTimeWatch, add_threads_argument, configure_threads
-from .weights import check_initial_weights, load_matching_weights, write_run_classes
+from .weights import (
+    check_initial_weights,
+    check_resume_fits,
+    load_matching_weights,
+    write_run_classes,
+)
 
 logger = logging.getLogger("focal_rpn.engine")
 
@@ -304,6 +309,8 @@ class Trainer(DefaultTrainer):
         if resume:
             check_resume(self.cfg.OUTPUT_DIR)  # warns / names what is there
         resuming = resume and self.checkpointer.has_checkpoint()
+        if resuming:
+            check_resume_fits(self.checkpointer, self.checkpointer.get_checkpoint_file(), self.cfg)
         self.checkpointer.incompatible_keys = None
         super().resume_or_load(resume=resume)
         if not resuming and self.cfg.MODEL.WEIGHTS:

@@ -13,6 +13,10 @@ run leaves beside its weights for prediction.
     Training (also each run of ``tools/compare.py``): ``MODEL.WEIGHTS`` may fit in part
     (fine-tuning a new head), but a file of which not one parameter loads is refused.
 
+``check_resume_fits(checkpointer, path, cfg)``
+    ``--resume``: the run's last checkpoint must fit the model exactly, as for inference (a
+    config changed between a run and its resume would otherwise train a half-loaded model).
+
 ``write_run_classes(cfg)`` / ``read_run_classes(folder)``
     ``OUTPUT_DIR/classes.json`` (written when training starts) holds the class names of the
     run's training dataset, so that ``tools/predict.py --weights RUN/model_final.pth`` labels
@@ -70,7 +74,8 @@ def _listed(names: List[str]) -> str:
     return f"under {under}; e.g. " + ", ".join(names[:MAX_LISTED]) + more
 
 
-def mismatch_message(path: str, problems: Dict[str, List[str]], cfg=None) -> Optional[str]:
+def mismatch_message(path: str, problems: Dict[str, List[str]], cfg=None,
+                     hint: Optional[str] = None) -> Optional[str]:
     parts = []
     if problems["shape"]:
         parts.append(f"{len(problems['shape'])} with another shape ({_listed(problems['shape'])})")
@@ -83,8 +88,8 @@ def mismatch_message(path: str, problems: Dict[str, List[str]], cfg=None) -> Opt
     if not parts:
         return None
     model = ""
-    hint = ("Use the config of the run that trained these weights: tools/predict.py --weights "
-            f"RUN/model_final.pth reads RUN/{RUN_CONFIG_FILE}")
+    hint = hint or ("Use the config of the run that trained these weights: tools/predict.py "
+                    f"--weights RUN/model_final.pth reads RUN/{RUN_CONFIG_FILE}")
     if cfg is not None:
         from ..data.datasets import num_classes_key, num_classes_value
 
@@ -130,6 +135,23 @@ def _not_loaded(incompatible) -> Optional[Dict[str, List[str]]]:
             "unexpected": sorted(incompatible.unexpected_keys),
             "shape": sorted(f"{k}: file {list(a)} vs model {list(b)}"
                             for k, a, b in incompatible.incorrect_shapes)}
+
+
+def check_resume_fits(checkpointer, path: str, cfg) -> None:
+    """Before ``--resume`` loads ``path`` (the run's last checkpoint): raise
+    ``WeightsMismatchError`` unless it holds exactly the model's parameters, with the same
+    shapes. detectron2 would skip what does not fit and go on training a model that is half
+    the checkpoint's and half new (a config changed between the run and its resume)."""
+    loaded = checkpointer.load_file(path)
+    file_state = loaded.get("model", loaded)
+    folder = os.path.dirname(path)
+    message = mismatch_message(
+        path, weights_mismatch(checkpointer.model.state_dict(), file_state), cfg,
+        hint=(f"--resume continues the run in {folder!r}, which trained another model: resume "
+              f"it with its own config ({os.path.join(folder, RUN_CONFIG_FILE)}), or train this "
+              "config into a new OUTPUT_DIR"))
+    if message:
+        raise WeightsMismatchError(f"--resume: {message}")
 
 
 def check_initial_weights(model, path: str, incompatible) -> None:
