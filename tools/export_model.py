@@ -151,8 +151,8 @@ def main(argv=None):
         eager = eager_runner(model, images[0])
         # the folder is made only now, once every check passed; an earlier export is never
         # replaced unasked, nor one folder written by two exports at once
-        claim_output_dir(args.output, option="--output")
-        check_no_earlier_export(args)
+        claim_output_dir(args.output, option="--output",
+                         check=lambda: check_no_earlier_export(args))
         formats = list(FORMATS) if args.latency_all else [args.format]
         exported, reports = {}, {}
         for fmt in formats:

@@ -302,14 +302,11 @@ def main(argv=None):
 def run(args):
     setup_logger(name="focal_rpn")
     setup_logger(name="detectron2", abbrev_name="d2")
-    def check_output():
-        check_output_dir(args.output, resume=args.overwrite, option="--output",
-                         resume_flag="--overwrite", resume_means="replace them",
-                         markers=("predictions.json",), what="the predictions of an earlier run")
-
-    check_output()
-    claim_output_dir(args.output, option="--output")  # one predict a folder, even at once
-    check_output()
+    claim_output_dir(  # one predict a folder, even started at once
+        args.output, option="--output", check=lambda: check_output_dir(
+            args.output, resume=args.overwrite, option="--output", resume_flag="--overwrite",
+            resume_means="replace them", markers=("predictions.json",),
+            what="the predictions of an earlier run"))
     cfg = setup_cfg(args)
     files = list_inputs(args.input)
     predictor = build_predictor(cfg)

@@ -157,10 +157,9 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
     budget = base_cfg.SOLVER.TIME_BUDGET_MINUTES if args.iters is None else None
     budget = budget if budget else None
     output_dir = os.path.abspath(args.output_dir)
-    check_output_dir(output_dir, args.skip_existing)
     # atomic: a second comparison into the folder, even one started at the same instant, stops
-    claim_output_dir(output_dir, option="--output-dir")
-    check_output_dir(output_dir, args.skip_existing)
+    claim_output_dir(output_dir, option="--output-dir",
+                     check=lambda: check_output_dir(output_dir, args.skip_existing))
 
     schedule = None if budget else fixed_schedule(base_cfg, args.iters)
     total = len(seeds) * len(entries)

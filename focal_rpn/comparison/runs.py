@@ -17,6 +17,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from ..engine.budget import scaled_schedule, schedule_options
+from ..engine.config_merge import flag_among_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -56,12 +57,12 @@ def parse_seeds(spec: str) -> List[int]:
 def parse_options(tokens: Sequence[str], where: str) -> List[str]:
     """Check KEY VALUE pairs: an even count, keys in detectron2's dotted upper-case form."""
     tokens = list(tokens)
-    for i, token in enumerate(tokens):
-        if token.startswith("--") and len(token) > 2 and token[2].isalpha():
-            raise ComparisonError(
-                f"{where}: the flag {token.split('=', 1)[0]} stands among the KEY VALUE options "
-                f"(after {' '.join(tokens[max(0, i - 2):i]) or 'nothing'!r}); everything after "
-                "the first KEY is read as a config option: put flags before the options")
+    found = flag_among_options(tokens)
+    if found:
+        raise ComparisonError(
+            f"{where}: the flag {found[0]} stands among the KEY VALUE options (after "
+            f"{found[1] or 'nothing'!r}); everything after the first KEY is read as a config "
+            "option: put flags before the options")
     if len(tokens) % 2:
         raise ComparisonError(f"{where}: options come in KEY VALUE pairs; {tokens[-1]!r} has no value")
     for key in tokens[::2]:

@@ -141,21 +141,28 @@ def merge_config_opts(cfg, opts: List[str]) -> None:
         raise ConfigError(f"command-line {_option_of(opts, e)}: {e}") from None
 
 
-def check_no_flags_among_options(opts: List[str]) -> None:
-    """Raise ``ConfigError`` when a ``--flag`` stands among the trailing ``KEY VALUE`` options.
-
-    detectron2's parser reads everything after the first KEY as config options, so
-    ``... SOLVER.MAX_ITER 10 --resume`` would end in "an odd number" or "unknown config key
-    '--resume'". Config keys and values never start with ``--`` (``-1`` is a value)."""
+def flag_among_options(opts: List[str]) -> Optional[tuple]:
+    """(the flag, the options before it) for the first ``--flag`` among trailing ``KEY VALUE``
+    options, else None. detectron2's parsers read everything after the first KEY as config
+    options, so ``... SOLVER.MAX_ITER 10 --resume`` would end in "an odd number" or "unknown
+    config key '--resume'". Config keys and values never start with ``--`` (``-1`` is a
+    value)."""
     for i, token in enumerate(opts):
         if token.startswith("--") and len(token) > 2 and token[2].isalpha():
-            flag = token.split("=", 1)[0]
-            before = " ".join(opts[max(0, i - 2):i]) or "the options"
-            raise ConfigError(
-                f"the flag {flag} stands among the KEY VALUE config options (after "
-                f"'{before}'): everything after the first KEY is read as a config option. "
-                f"Put {flag} (with its value, if it takes one) before the options, e.g. "
-                f"--config-file CFG {flag} ... KEY VALUE")
+            return token.split("=", 1)[0], " ".join(opts[max(0, i - 2):i])
+    return None
+
+
+def check_no_flags_among_options(opts: List[str]) -> None:
+    """Raise ``ConfigError`` naming a ``--flag`` that stands among the KEY VALUE options."""
+    found = flag_among_options(opts)
+    if found:
+        flag, before = found
+        raise ConfigError(
+            f"the flag {flag} stands among the KEY VALUE config options (after "
+            f"'{before or 'the options'}'): everything after the first KEY is read as a config "
+            f"option. Put {flag} (with its value, if it takes one) before the options, e.g. "
+            f"--config-file CFG {flag} ... KEY VALUE")
 
 
 def _option_of(opts: List[str], err: Exception) -> str:

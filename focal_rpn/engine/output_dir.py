@@ -40,7 +40,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 try:
     import fcntl
@@ -82,13 +82,25 @@ def _holder_text(fd: int) -> str:
         return "a process that has not yet written its name"
 
 
-def claim_output_dir(path: str, *, option: str = "OUTPUT_DIR") -> bool:
+def claim_output_dir(path: str, *, option: str = "OUTPUT_DIR",
+                     check: Optional[Callable[[], None]] = None) -> bool:
     """Claim ``path`` for this process (see the module docstring); creates the folder.
 
+    ``check`` (e.g. a ``check_output_dir`` call): run before the folder is made and again once
+    it is claimed, when it also sees what a run that ended in between left there.
     Returns True when claimed now, False when this process already held it or the file
     system has no locks. Raises ``OutputDirBusyError`` when another process holds it."""
     if not path:
         return False
+    if check is not None:
+        check()
+    claimed = _claim(path, option)
+    if check is not None:
+        check()
+    return claimed
+
+
+def _claim(path: str, option: str) -> bool:
     os.makedirs(path, exist_ok=True)
     key = os.path.realpath(path)
     if key in _HELD or fcntl is None:

@@ -46,7 +46,7 @@ from .output_dir import (
 from .threads import StepTimeWatch, add_threads_argument, configure_threads
 from .weights import (
     check_initial_weights,
-    check_resume_fits,
+    check_resumed_weights,
     load_matching_weights,
     write_run_classes,
 )
@@ -112,12 +112,10 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     # before default_setup writes config.yaml: never mix a new run into a finished one, nor
-    # into a live one (the claim is atomic; the check again after it sees what a run that
-    # ended in between left)
+    # into a live one (the claim is atomic)
     resume = args.resume or args.eval_only
-    check_output_dir(cfg.OUTPUT_DIR, resume=resume)
-    claim_output_dir_on_every_rank(cfg.OUTPUT_DIR)
-    check_output_dir(cfg.OUTPUT_DIR, resume=resume)
+    claim_output_dir_on_every_rank(cfg.OUTPUT_DIR,
+                                   check=lambda: check_output_dir(cfg.OUTPUT_DIR, resume=resume))
     default_setup(cfg, args)
     # focal_rpn's own messages (time budget, dataset generation, ...) beside detectron2's
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focal_rpn",
@@ -128,14 +126,17 @@ def setup(args):
     return cfg
 
 
-def claim_output_dir_on_every_rank(path):
-    """The main process claims ``path`` (``claim_output_dir``); a refusal stops every rank."""
+def claim_output_dir_on_every_rank(path, check):
+    """The main process claims ``path`` (``claim_output_dir``, around ``check``), the others
+    run ``check``; a refusal of the claim stops every rank."""
     error = None
     if comm.is_main_process():
         try:
-            claim_output_dir(path)
+            claim_output_dir(path, check=check)
         except OutputDirBusyError as e:
             error = str(e)
+    else:
+        check()
     if comm.get_world_size() > 1:
         error = next((e for e in comm.all_gather(error) if e), None)
     if error:
@@ -306,16 +307,15 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         """detectron2's resume_or_load, then the data stream restarts where the checkpoint
         stopped (stream position start_iter x IMS_PER_BATCH, the checkpoint's seed)."""
-        if resume:
-            check_resume(self.cfg.OUTPUT_DIR)  # warns / names what is there
-        resuming = resume and self.checkpointer.has_checkpoint()
-        if resuming:
-            check_resume_fits(self.checkpointer, self.checkpointer.get_checkpoint_file(), self.cfg)
+        # the checkpoint --resume loads (None: MODEL.WEIGHTS); warns / names what is there
+        resumed = check_resume(self.cfg.OUTPUT_DIR) if resume else None
         self.checkpointer.incompatible_keys = None
         super().resume_or_load(resume=resume)
-        if not resuming and self.cfg.MODEL.WEIGHTS:
-            check_initial_weights(self.checkpointer.model, self.cfg.MODEL.WEIGHTS,
-                                  self.checkpointer.incompatible_keys)
+        report = self.checkpointer.incompatible_keys  # what the load could not load
+        if resumed is not None:
+            check_resumed_weights(resumed, report, self.cfg)
+        elif self.cfg.MODEL.WEIGHTS:
+            check_initial_weights(self.checkpointer.model, self.cfg.MODEL.WEIGHTS, report)
         stream = getattr(self.data_loader, "resumable_stream", None)
         if stream is None:
             if self.start_iter > 0:

@@ -13,9 +13,9 @@ run leaves beside its weights for prediction.
     Training (also each run of ``tools/compare.py``): ``MODEL.WEIGHTS`` may fit in part
     (fine-tuning a new head), but a file of which not one parameter loads is refused.
 
-``check_resume_fits(checkpointer, path, cfg)``
-    ``--resume``: the run's last checkpoint must fit the model exactly, as for inference (a
-    config changed between a run and its resume would otherwise train a half-loaded model).
+``check_resumed_weights(path, incompatible, cfg)``
+    ``--resume``: the run's last checkpoint must have fitted the model exactly, as for inference
+    (a config changed between a run and its resume would otherwise train a half-loaded model).
 
 ``write_run_classes(cfg)`` / ``read_run_classes(folder)``
     ``OUTPUT_DIR/classes.json`` (written when training starts) holds the class names of the
@@ -137,16 +137,15 @@ def _not_loaded(incompatible) -> Optional[Dict[str, List[str]]]:
                             for k, a, b in incompatible.incorrect_shapes)}
 
 
-def check_resume_fits(checkpointer, path: str, cfg) -> None:
-    """Before ``--resume`` loads ``path`` (the run's last checkpoint): raise
-    ``WeightsMismatchError`` unless it holds exactly the model's parameters, with the same
-    shapes. detectron2 would skip what does not fit and go on training a model that is half
-    the checkpoint's and half new (a config changed between the run and its resume)."""
-    loaded = checkpointer.load_file(path)
-    file_state = loaded.get("model", loaded)
+def check_resumed_weights(path: str, incompatible, cfg) -> None:
+    """After ``--resume`` loaded ``path`` (the run's last checkpoint): raise
+    ``WeightsMismatchError`` unless the load's report (``incompatible``) says it held exactly
+    the model's parameters, with the same shapes. detectron2 skips what does not fit and would
+    go on training a model half the checkpoint's and half new (a config changed between the
+    run and its resume)."""
     folder = os.path.dirname(path)
     message = mismatch_message(
-        path, weights_mismatch(checkpointer.model.state_dict(), file_state), cfg,
+        path, _not_loaded(incompatible) or {"missing": [], "unexpected": [], "shape": []}, cfg,
         hint=(f"--resume continues the run in {folder!r}, which trained another model: resume "
               f"it with its own config ({os.path.join(folder, RUN_CONFIG_FILE)}), or train this "
               "config into a new OUTPUT_DIR"))
