@@ -128,12 +128,45 @@ def test_summaries_and_t_intervals_equal_a_recomputation_from_the_per_seed_numbe
             assert d["mean"] == pytest.approx(diffs.mean())
             half = scipy_stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
             assert d["t_interval"] == pytest.approx([diffs.mean() - half, diffs.mean() + half], abs=1e-9)
-            reps = doc["bootstrap_differences"][name].get(metric)
-            if reps is not None:
-                assert len(reps) == 30
+            table = doc["bootstrap_differences"][name].get(metric)
+            if table is not None:
+                table = np.array(table, dtype=float)  # (resamples, seeds)
+                assert table.shape == (30, len(SEEDS))
+                # the seeds drawn again in every resample of the images (seed_draw 1)
+                picks = np.random.default_rng(doc["bootstrap"]["seed_draw"]).integers(
+                    0, len(SEEDS), size=table.shape)
+                reps = np.take_along_axis(table, picks, axis=1).mean(axis=1)
                 assert d["bootstrap_interval"] == pytest.approx(list(np.percentile(reps, [2.5, 97.5])))
                 checked += 1
     assert checked > 20
+
+
+def test_the_stored_bootstrap_table_is_each_seeds_paired_difference_on_the_drawn_images(comparison):
+    from focal_rpn.comparison import bootstrap
+
+    _, _, doc, _ = comparison
+    assert doc["bootstrap"]["method"] == "hierarchical" and doc["bootstrap"]["seeds"] == SEEDS
+    gt = json.loads(open(doc_test_json(doc)).read())
+    draws = bootstrap.draw_image_sets(len(gt["images"]), 30, seed=doc["bootstrap"]["image_seed"])[:3]
+    table = doc["bootstrap_differences"]["FL-RPN softmax"]["AP50"]
+    for column, seed in enumerate(SEEDS):
+        dets = {}
+        for run in doc["runs"]:
+            if run["seed"] == seed and run["entry"] in ("RPN", "FL-RPN softmax"):
+                path = os.path.join(run["output_dir"], "inference", doc["test_dataset"],
+                                    "coco_instances_results.json")
+                dets[run["entry"]] = json.loads(open(path).read())
+        aps = bootstrap.bootstrap_box_ap(gt, dets, draws)
+        for b in range(len(draws)):
+            expected = aps["FL-RPN softmax"][b]["AP50"] - aps["RPN"][b]["AP50"]
+            assert table[b][column] == pytest.approx(expected, abs=1e-9)
+
+
+def doc_test_json(doc):
+    """The test dataset's json: the tiny dataset's --dataset argument names it."""
+    from detectron2.data import MetadataCatalog
+
+    return MetadataCatalog.get(doc["test_dataset"]).json_file
 
 
 def test_verdicts_follow_the_intervals(comparison):

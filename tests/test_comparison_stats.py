@@ -3,6 +3,7 @@ greedy proposal matching of average recall, and the paired bootstrap over images
 import numpy as np
 import pytest
 import torch
+from scipy.stats import t as scipy_t
 
 from focal_rpn.comparison import bootstrap, stats
 from focal_rpn.evaluation.proposal_recall import (
@@ -108,3 +109,44 @@ def test_bootstrap_of_the_identity_draw_is_the_full_evaluation():
     rec = bootstrap.bootstrap_recall({"m": images}, [1, 2, 3], identity)["m"][0]
     assert rec == pytest.approx(average_recall(images), nan_ok=True)
     assert rec["AR@100"] == pytest.approx(100 * 2 / 3)
+
+
+def test_detectable_difference_is_the_80_percent_power_distance_at_the_seeds_spread():
+    diffs = [1.0, 3.0, -1.0, 2.0]
+    n, sd = 4, np.std(diffs, ddof=1)
+    expected = (scipy_t.ppf(0.975, n - 1) + scipy_t.ppf(0.8, n - 1)) * sd / np.sqrt(n)
+    assert stats.detectable_difference(diffs) == pytest.approx(expected)
+    # simulated: a true difference of that size is found in about 80% of comparisons
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(4000):
+        sample = rng.normal(expected, sd, size=n)
+        lo, hi = stats.t_interval(sample)
+        found += lo > 0 or hi < 0
+    assert 0.75 < found / 4000 < 0.85
+    assert stats.detectable_difference([2.0]) is None
+
+
+def test_seeds_needed_is_the_first_count_whose_detectable_difference_is_small_enough():
+    diffs = [0.0, 4.0, -2.0]  # sd 3.06
+    n = stats.seeds_needed(diffs, 2.0)
+    sd = np.std(diffs, ddof=1)
+
+    def detectable(k):
+        return (scipy_t.ppf(0.975, k - 1) + scipy_t.ppf(0.8, k - 1)) * sd / np.sqrt(k)
+
+    assert detectable(n) <= 2.0 < detectable(n - 1)
+    assert stats.seeds_needed([5.0, 5.0], 2.0) == 2  # no spread: two seeds settle it
+    assert stats.seeds_needed([0.0, 40.0], 0.1, most=50) == 51  # more than 50
+
+
+def test_hierarchical_interval_resamples_seeds_and_keeps_complete_seed_columns():
+    table = [[1.0, 3.0, None], [2.0, 4.0, 9.0]]  # seed 2 missing in one resample: left out
+    picks = np.random.default_rng(1).integers(0, 2, size=(2, 2))
+    d = np.array([[1.0, 3.0], [2.0, 4.0]])
+    reps = np.take_along_axis(d, picks, axis=1).mean(axis=1)
+    assert stats.hierarchical_interval(table) == pytest.approx(list(np.percentile(reps, [2.5, 97.5])))
+    # one seed: nothing to draw among, the interval is the images' alone
+    single = [[v] for v in np.linspace(-1, 1, 41)]
+    assert stats.hierarchical_interval(single) == pytest.approx([-0.95, 0.95])
+    assert stats.hierarchical_interval([]) is None

@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from focal_rpn.comparison import ComparisonError, Entry, run_comparison  # noqa: E402
-from focal_rpn.comparison.cli import add_comparison_arguments  # noqa: E402
+from focal_rpn.comparison.cli import DEFAULT_TOTAL_MINUTES, add_comparison_arguments  # noqa: E402
 
 CONFIG_SETS = {
     "quick": [
@@ -47,7 +47,11 @@ def parse_args(argv=None):
     p.add_argument("--configs", default="quick", choices=sorted(CONFIG_SETS),
                    help="quick: the CPU ResNet-18 recipe (default); R50: the ResNet-50 FPN configs (GPU)")
     add_comparison_arguments(p, default_seeds=DEFAULT_SEEDS, default_output="output/compare_rpn")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.configs == "quick" and args.iters is None and args.time_budget_minutes is None \
+            and args.total_minutes is None:
+        args.total_minutes = DEFAULT_TOTAL_MINUTES  # the quick configs' schedule is fixed
+    return args
 
 
 def main(argv=None):

@@ -20,7 +20,14 @@ from .runs import (
     fixed_schedule, parse_options, parse_seeds, read_json, schedule_options, test_dataset_of, train,
 )
 
-DEFAULT_BOOTSTRAP = 200
+#: image resamples of the bootstrap: every seed and model is evaluated on each (about 0.2 s per
+#: COCO evaluation of 200 images here: 100 resamples x 3 seeds x 3 models take about 3 minutes)
+DEFAULT_BOOTSTRAP = 100
+#: share of --total-minutes that the training of the runs may take; the rest is start-up,
+#: evaluation (30-40 s per run on the embedded data) and the bootstrap
+TRAINING_SHARE = 0.78
+#: a comparison of configs that train by the clock (the CPU recipes) takes this long in all
+DEFAULT_TOTAL_MINUTES = 45.0
 EXAMPLES = """examples:
   tools/compare.py --config A.yaml --config B.yaml --seeds 0,1,2
   tools/compare.py --config configs/quick_retinanet_R18.yaml --iters 750 \\
@@ -32,8 +39,10 @@ losses.png, and one folder per model and seed (<model>/seed<S>/).
 """
 
 
-def add_comparison_arguments(p: argparse.ArgumentParser, default_seeds: str, default_output: str):
-    """The options every comparison takes (tools/compare.py and its presets)."""
+def add_comparison_arguments(p: argparse.ArgumentParser, default_seeds: str, default_output: str,
+                             default_total_minutes: Optional[float] = None):
+    """The options every comparison takes (tools/compare.py and its presets).
+    ``default_total_minutes``: the --total-minutes used when no length option is given."""
     p.add_argument("--seeds", default=default_seeds,
                    help=f"comma-separated SEED values; every model trains once per seed (default {default_seeds})")
     p.add_argument("--output-dir", default=default_output)
@@ -45,14 +54,23 @@ def add_comparison_arguments(p: argparse.ArgumentParser, default_seeds: str, def
                        help="the baseline's first run trains for this many minutes "
                             "(SOLVER.TIME_BUDGET_MINUTES); every other run gets the iteration "
                             "count and LR steps it reached")
+    sched.add_argument("--total-minutes", type=float, default=None,
+                       help="the whole comparison in about this many minutes: the baseline's "
+                            f"first run trains for {TRAINING_SHARE:.0%} of it divided by the "
+                            "number of runs, every other run the iterations that reached"
+                            + (f" (default {default_total_minutes:g} when the baseline config "
+                               "trains by the clock, SOLVER.TIME_BUDGET_MINUTES, and no --iters "
+                               "or --time-budget-minutes is given)" if default_total_minutes else ""))
+    p.set_defaults(default_total_minutes=default_total_minutes)
     p.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMGDIR",
                    help="register a COCO-format dataset (as train_net's --dataset); repeatable")
     p.add_argument("--dataset-train", default=None, help="DATASETS.TRAIN of every run (comma-separated)")
     p.add_argument("--dataset-test", default=None, help="DATASETS.TEST of every run (one name)")
     p.add_argument("--num-gpus", type=int, default=1, help="passed to train_net")
     p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="B",
-                   help="resamples of the validation images for the bootstrap intervals "
-                        f"(first seed's predictions; default {DEFAULT_BOOTSTRAP}; 0: none)")
+                   help="resamples of the validation images for the hierarchical bootstrap "
+                        "intervals (seeds and images resampled together; every seed's "
+                        f"predictions; default {DEFAULT_BOOTSTRAP}; 0: none)")
     p.add_argument("--seed-offset", action="append", default=[], metavar="NAME=K",
                    help="entry NAME trains with SEED = seed + K (repeatable): an A/A "
                         "comparison of one config against itself with other seeds measures "
@@ -73,7 +91,8 @@ def build_parser():
     p.add_argument("--variant", action="append", default=[], metavar='"NAME: KEY VALUE ..."',
                    help="a variant of every --config: its name, a colon and config options "
                         "(repeatable; \"NAME:\" is the config unchanged; the first is the baseline)")
-    add_comparison_arguments(p, default_seeds="0,1,2", default_output="output/compare")
+    add_comparison_arguments(p, default_seeds="0,1,2", default_output="output/compare",
+                             default_total_minutes=DEFAULT_TOTAL_MINUTES)
     return p
 
 
@@ -120,6 +139,25 @@ def _eta(done_seconds: List[float], remaining: int) -> str:
     return f"ETA of the whole comparison: {left / 60:.0f} min, ends about {end:%H:%M}"
 
 
+def run_budget_minutes(args, num_runs: int, baseline_budget: Optional[float]) -> tuple:
+    """(minutes of training of the first run, the comparison's total minutes or None).
+
+    The first run trains --time-budget-minutes, or ``TRAINING_SHARE`` of --total-minutes
+    divided by the runs. Without a length option the tool's default total applies when the
+    baseline config trains by the clock (``baseline_budget``, its SOLVER.TIME_BUDGET_MINUTES,
+    is per run: 3 seeds x 2 models x 12.5 minutes would be 75). (None, None): the runs follow
+    --iters or the config's own schedule."""
+    total = getattr(args, "total_minutes", None)
+    if total is None and args.iters is None and args.time_budget_minutes is None and baseline_budget:
+        total = getattr(args, "default_total_minutes", None)
+    for option, value in (("--total-minutes", total), ("--time-budget-minutes", args.time_budget_minutes)):
+        if value is not None and not value > 0:
+            raise ComparisonError(f"{option} {value:g}: give a positive number of minutes")
+    if total is not None:
+        return round(total * TRAINING_SHARE / num_runs, 2), total
+    return args.time_budget_minutes, None
+
+
 def _test_ground_truth(cfg, args, test_dataset) -> Optional[dict]:
     """The test set's COCO json (for the bootstrap), registering datasets as train_net does."""
     from detectron2.data import MetadataCatalog
@@ -138,13 +176,18 @@ def _log(message: str):
 
 def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log) -> int:
     """Train every entry once per seed, write the outputs; 0 if every run succeeded."""
+    started = time.time()
     seeds = parse_seeds(args.seeds)
     apply_seed_offsets(entries, getattr(args, "seed_offset", []))
     common = common_options(args)
     if args.iters is not None and args.iters < 1:
         raise ComparisonError(f"--iters {args.iters}: give a positive number of iterations")
-    budget_opts = [] if args.time_budget_minutes is None else \
-        ["SOLVER.TIME_BUDGET_MINUTES", str(args.time_budget_minutes)]
+    try:
+        baseline_budget = entry_config(entries[0], common).SOLVER.TIME_BUDGET_MINUTES
+    except ValueError as err:
+        raise ComparisonError(f"{entries[0].name} ({entries[0].config_file}): {err}") from None
+    per_run_minutes, total_minutes = run_budget_minutes(args, len(seeds) * len(entries), baseline_budget)
+    budget_opts = [] if per_run_minutes is None else ["SOLVER.TIME_BUDGET_MINUTES", str(per_run_minutes)]
     # every entry's config is read before anything trains: a typo fails at once, by name
     configs = {}
     for e in entries:
@@ -206,11 +249,13 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
     iterations = {r["iterations"] for r in records if r["returncode"] == 0}
     replicates, boot = None, None
     if args.bootstrap > 0:
-        log(f"==> bootstrap over validation images: {args.bootstrap} resamples of seed {seeds[0]}'s predictions")
+        log(f"==> bootstrap over seeds and validation images: {args.bootstrap} resamples of "
+            f"the images, every seed's predictions")
         gt = _test_ground_truth(base_cfg, args, test_dataset)
-        replicates = results.bootstrap_replicates(records, names, seeds[0], gt, test_dataset, args.bootstrap)
+        replicates = results.bootstrap_replicates(records, names, seeds, gt, test_dataset, args.bootstrap)
         if replicates is not None:
-            boot = {"seed": seeds[0], "num_samples": args.bootstrap, "image_seed": 0}
+            boot = {"method": "hierarchical", "seeds": seeds, "num_samples": args.bootstrap,
+                    "image_seed": 0, "seed_draw": 1}
     doc = {
         "title": title,
         "entries": [{"name": e.name, "key": e.key, "config_file": e.config_file, "opts": e.opts,
@@ -218,10 +263,12 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
         "baseline": names[0], "seeds": seeds, "common_opts": common, "test_dataset": test_dataset,
         "schedule": {**schedule, "steps": list(schedule["steps"])},
         "time_budget_minutes": budget,
+        "total_minutes": total_minutes,
         "iterations_equal": len(iterations) <= 1 and iterations <= {schedule["max_iter"]},
         "runs": records, "bootstrap": boot, "bootstrap_differences": replicates,
     }
     doc.update(results.analyse(records, names, seeds, replicates))
+    doc["wall_minutes"] = (time.time() - started) / 60  # training, evaluation and bootstrap
     with open(os.path.join(output_dir, "comparison.json"), "w") as f:
         json.dump(doc, f, indent=2)
     written = report.write_outputs(doc, output_dir)

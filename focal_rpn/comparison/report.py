@@ -45,6 +45,9 @@ def markdown(doc) -> str:
         f"iterations (LR steps {tuple(sched['steps'])}, warm-up {sched['warmup_iters']})"
         + (f", the length a {doc['time_budget_minutes']}-minute budget gave the first run"
            if doc.get("time_budget_minutes") else "")
+        + (f" (--total-minutes {doc['total_minutes']:g})" if doc.get("total_minutes") else "")
+        + (f"; the whole comparison took {doc['wall_minutes']:.0f} minutes"
+           if doc.get("wall_minutes") is not None else "")
         + f"; evaluated on `{doc['test_dataset']}`"
         + (f"; options `{' '.join(doc['common_opts'])}`" if doc["common_opts"] else "") + ".")
     if not doc["iterations_equal"]:
@@ -76,22 +79,31 @@ def markdown(doc) -> str:
     boot = doc.get("bootstrap")
     lines += ["", "## Differences against the baseline (paired by seed)", "",
               "Mean of the per-seed differences (model - baseline), its 95% Student's t interval "
-              "over the seeds, the 95% paired bootstrap interval over validation images "
-              + (f"(seed {boot['seed']}'s predictions, {boot['num_samples']} resamples)" if boot
+              "over the seeds (training noise), the 95% hierarchical bootstrap interval "
+              + (f"({boot['num_samples']} resamples of the validation images, the seeds drawn "
+                 "again in each: training noise and the choice of test images together)"
+                 if boot and boot.get("method") == "hierarchical" else
+                 f"(seed {boot['seed']}'s predictions, {boot['num_samples']} resamples)" if boot
                  else "(not computed)")
               + ", and the verdict: \"higher\" / \"lower\" only when every interval excludes 0. "
-              "The t interval measures training noise (seeds); the bootstrap interval only the "
-              "choice of test images.", ""]
-    lines += ["| model | metric | mean diff | per seed | t interval | bootstrap interval | verdict |",
-              "|---|---|---:|---|---|---|---|"]
+              "**Detectable** is the smallest true difference the t test over these seeds finds "
+              "with 80% power at the spread they showed; a smaller one can hide in \"no "
+              "difference\". **Seeds for 2** is how many seeds a true 2-point difference would "
+              "need at that spread (an estimate from few seeds).", ""]
+    lines += ["| model | metric | mean diff | per seed | t interval | bootstrap interval | verdict "
+              "| detectable | seeds for 2 |",
+              "|---|---|---:|---|---|---|---|---:|---:|"]
     for name in entries[1:]:
         for m in metrics:
             d = doc["differences"][name][m]
             digits = _digits(m) if m in COST_METRICS else 1
             per = ", ".join(_fmt(v, digits) for v in d["per_seed"])
+            needed = d.get("seeds_for_target")
+            needed = "-" if needed is None else (f"> {needed - 1}" if needed > 100 else str(needed))
             lines.append(f"| {name} | {_LABELS.get(m, m)} | {_fmt(d['mean'], digits)} | {per} | "
                          f"{_interval(d['t_interval'], digits)} | "
-                         f"{_interval(d['bootstrap_interval'], digits)} | {d['verdict']} |")
+                         f"{_interval(d['bootstrap_interval'], digits)} | {d['verdict']} | "
+                         f"{_fmt(d.get('detectable'), digits)} | {needed} |")
     lines += ["", "## Every run", "", "| model | seed | rc | iterations | box AP | AR@100 | s/iter | folder |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["runs"]:

@@ -65,19 +65,14 @@ def summaries(runs, entries, seeds) -> Dict[str, Dict[str, dict]]:
     return out
 
 
-def bootstrap_replicates(runs, entries, seed, test_gt: Optional[dict], test_dataset, num_samples,
-                         image_seed=0) -> Optional[Dict[str, Dict[str, List[float]]]]:
-    """{variant: {metric: [variant - baseline of each drawn image set]}} for the runs of
-    ``seed``, or None when a run of that seed failed or left no predictions."""
-    if num_samples <= 0 or test_gt is None:
-        return None
+def _seed_replicates(runs, entries, seed, test_gt, test_dataset, draws, image_ids):
+    """{model: [metrics of each drawn image set]} for the runs of ``seed``, or None when one
+    of its runs failed."""
     chosen = {r["entry"]: r for r in runs if r["seed"] == seed}
     if any(name not in chosen or chosen[name]["returncode"] != 0 for name in entries):
         return None
-    image_ids = [im["id"] for im in test_gt["images"]]
-    draws = bootstrap.draw_image_sets(len(image_ids), num_samples, seed=image_seed)
     files = {name: prediction_files(chosen[name]["output_dir"], test_dataset) for name in entries}
-    per_model = {name: [{} for _ in range(num_samples)] for name in entries}
+    per_model = {name: [{} for _ in range(len(draws))] for name in entries}
     detections = {name: read_json(f["detections"]) for name, f in files.items()}
     if all(d is not None for d in detections.values()):
         for name, reps in bootstrap.bootstrap_box_ap(test_gt, detections, draws).items():
@@ -89,16 +84,37 @@ def bootstrap_replicates(runs, entries, seed, test_gt: Optional[dict], test_data
         for name, reps in bootstrap.bootstrap_recall(images, image_ids, draws).items():
             for rep, res in zip(per_model[name], reps):
                 rep.update({m: res[m] for m in PROPOSAL_METRICS})
+    return per_model
+
+
+def bootstrap_replicates(runs, entries, seeds, test_gt: Optional[dict], test_dataset, num_samples,
+                         image_seed=0) -> Optional[Dict[str, Dict[str, List[List[Optional[float]]]]]]:
+    """{variant: {metric: table}}, ``table[b][s]`` = variant - baseline of ``seeds[s]``'s runs
+    on the ``b``-th drawn set of validation images. Every seed and model is evaluated on the
+    same draws (paired over models and seeds); a seed whose runs failed has None in its
+    column. None when no seed has all its runs."""
+    if num_samples <= 0 or test_gt is None:
+        return None
+    image_ids = [im["id"] for im in test_gt["images"]]
+    draws = bootstrap.draw_image_sets(len(image_ids), num_samples, seed=image_seed)
+    by_seed = [_seed_replicates(runs, entries, seed, test_gt, test_dataset, draws, image_ids)
+               for seed in seeds]
+    if all(p is None for p in by_seed):
+        return None
     baseline = entries[0]
     out = {}
     for name in entries[1:]:
         out[name] = {}
         for m in BOX_METRICS + PROPOSAL_METRICS:
-            diffs = [_diff(b.get(m), v.get(m)) for b, v in zip(per_model[baseline], per_model[name])]
-            diffs = [d for d in diffs if d is not None]
-            if diffs:
-                out[name][m] = diffs
+            table = [[None if p is None else _diff(p[baseline][b].get(m), p[name][b].get(m))
+                      for p in by_seed] for b in range(num_samples)]
+            if any(v is not None for row in table for v in row):
+                out[name][m] = table
     return out
+
+
+#: the difference (in points of a percent metric: AP, AR) that ``seeds_needed`` is stated for
+TARGET_DIFFERENCE = 2.0
 
 
 def _diff(a, b):
@@ -107,16 +123,21 @@ def _diff(a, b):
 
 
 def differences(runs, entries, seeds, replicates) -> Dict[str, Dict[str, dict]]:
-    """Per variant and metric: paired per-seed differences, t interval, bootstrap interval and
-    the verdict that follows from both."""
+    """Per variant and metric: paired per-seed differences, t interval, hierarchical bootstrap
+    interval, the verdict that follows from both, the smallest difference detectable at the
+    seeds' spread and the seeds a ``TARGET_DIFFERENCE`` would need."""
     baseline = entries[0]
     out = {}
     for name in entries[1:]:
         out[name] = {}
         for m in METRICS:
             d = stats.paired_difference(per_seed(runs, baseline, seeds, m), per_seed(runs, name, seeds, m))
-            reps = (replicates or {}).get(name, {}).get(m)
-            d["bootstrap_interval"] = stats.percentile_interval(reps) if reps else None
+            table = (replicates or {}).get(name, {}).get(m)
+            d["bootstrap_interval"] = stats.hierarchical_interval(table) if table else None
+            percent = m not in COST_METRICS
+            d["detectable"] = stats.detectable_difference(d["per_seed"]) if percent else None
+            d["seeds_for_target"] = stats.seeds_needed(d["per_seed"], TARGET_DIFFERENCE) \
+                if percent else None
             d["verdict"] = stats.verdict([d["t_interval"], d["bootstrap_interval"]], d["n"]) \
                 if d["n"] else "not measured"
             out[name][m] = d
