@@ -8,8 +8,8 @@ ACTIVATIONS = ("sigmoid", "softmax")
 
 
 def add_focal_rpn_config(cfg):
-    """Add the MODEL.FOCAL_RPN and MODEL.FOCAL_RETINANET nodes and SOLVER.OPTIMIZER / BETAS /
-    TIME_BUDGET_MINUTES to ``cfg`` (in place).
+    """Add the MODEL.FOCAL_RPN and MODEL.FOCAL_RETINANET nodes, SOLVER.OPTIMIZER / BETAS /
+    TIME_BUDGET_MINUTES and INPUT.FIT_TO_DATASET to ``cfg`` (in place).
 
     Only new nodes are added; detectron2's defaults are never changed. Calling it twice is
     harmless (existing values are kept).
@@ -65,6 +65,12 @@ def add_focal_rpn_config(cfg):
         # (focal_rpn.engine.budget). None or 0: no budget, detectron2's iteration schedule.
         # (None, not 0.0, so that yacs takes an int as well as a float: 12 or 12.5.)
         _C.SOLVER.TIME_BUDGET_MINUTES = None
+    if "FIT_TO_DATASET" not in _C.INPUT:
+        # True: the trainer sets the number of classes, the input size and (where they cover
+        # the boxes badly) the anchor sizes from the training json's statistics, each logged
+        # (focal_rpn.data.fit); options given on the command line are kept. The CPU recipes
+        # (configs/quick_*.yaml) set it; False (the default) leaves a config as written.
+        _C.INPUT.FIT_TO_DATASET = False
     return cfg
 
 

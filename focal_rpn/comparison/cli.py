@@ -159,13 +159,17 @@ def run_budget_minutes(args, num_runs: int, baseline_budget: Optional[float]) ->
 
 
 def _test_ground_truth(cfg, args, test_dataset) -> Optional[dict]:
-    """The test set's COCO json (for the bootstrap), registering datasets as train_net does."""
+    """The test set's COCO json (for the bootstrap), registering the datasets as train_net
+    does."""
     from detectron2.data import MetadataCatalog
 
-    from ..engine.trainer import prepare_datasets
+    from ..data.datasets import parse_dataset_arg
+    from ..engine.trainer import config_dataset_names, register_synthetic_datasets
 
-    # as --eval-only does: register and check, write nothing into the config's OUTPUT_DIR
-    prepare_datasets(cfg, argparse.Namespace(dataset=list(args.dataset), eval_only=True))
+    # registered only: the runs checked their data, with the classes they fitted to it
+    for spec in args.dataset:
+        parse_dataset_arg(spec)
+    register_synthetic_datasets(config_dataset_names(cfg))
     json_file = getattr(MetadataCatalog.get(test_dataset), "json_file", None)
     return read_json(json_file) if json_file else None
 

@@ -3,7 +3,7 @@
 ``check_config(cfg)`` raises ``ConfigError`` (naming key, value and what is allowed) for:
 
 * any value of focal_rpn's own nodes (``MODEL.FOCAL_RPN.*``, ``MODEL.FOCAL_RETINANET.*``,
-  ``SOLVER.OPTIMIZER`` / ``BETAS`` / ``TIME_BUDGET_MINUTES``) and of the detectron2 keys the
+  ``SOLVER.OPTIMIZER`` / ``BETAS`` / ``TIME_BUDGET_MINUTES``, ``INPUT.FIT_TO_DATASET``) and of the detectron2 keys the
   plugin's models read (``MODEL.RETINANET.FOCAL_LOSS_*``, ``PRIOR_PROB``), whichever model the
   config builds: a FL-RPN key set wrongly in a RetinaNet config is an error, not ignored.
   Every key of those nodes has a check in ``VALUE_CHECKS`` (a test keeps it so);
@@ -23,7 +23,9 @@ from .config_merge import ConfigError
 
 #: the nodes whose every key must have a check in VALUE_CHECKS
 PLUGIN_NODES = ("MODEL.FOCAL_RPN", "MODEL.FOCAL_RETINANET")
-PLUGIN_SOLVER_KEYS = ("SOLVER.OPTIMIZER", "SOLVER.BETAS", "SOLVER.TIME_BUDGET_MINUTES")
+#: focal_rpn's keys inside detectron2's nodes (SOLVER, INPUT)
+PLUGIN_KEYS_IN_D2_NODES = ("SOLVER.OPTIMIZER", "SOLVER.BETAS", "SOLVER.TIME_BUDGET_MINUTES",
+                           "INPUT.FIT_TO_DATASET")
 
 
 def _optimizer(key, value):
@@ -70,6 +72,7 @@ VALUE_CHECKS: Dict[str, Callable] = {
     "SOLVER.OPTIMIZER": _optimizer,
     "SOLVER.BETAS": _betas,
     "SOLVER.TIME_BUDGET_MINUTES": _time_budget,
+    "INPUT.FIT_TO_DATASET": focal_config.check_bool,
 }
 
 
@@ -111,7 +114,7 @@ def get_key(cfg, key: str):
 def plugin_keys(cfg) -> List[str]:
     """Every key of focal_rpn's nodes in ``cfg`` (the ones VALUE_CHECKS must cover)."""
     keys = [f"{node}.{k}" for node in PLUGIN_NODES for k in get_key(cfg, node)]
-    return keys + [k for k in PLUGIN_SOLVER_KEYS if k.split(".")[1] in cfg.SOLVER]
+    return keys + [k for k in PLUGIN_KEYS_IN_D2_NODES if k.split(".")[1] in get_key(cfg, k.split(".")[0])]
 
 
 def registered_names(registry) -> List[str]:

@@ -33,6 +33,7 @@ from .budget import TimeBudget, check_time_budget, scheduler_with_max_iter
 from .checkpoint import AtomicCheckpointer
 from .config_checks import check_config
 from .config_merge import ConfigError, merge_config_file, merge_config_opts
+from .dataset_fit import fit_config_to_dataset, log_fit
 from .guards import GracefulInterrupt, IterationSeeder, NonFiniteLossGuard
 from .hooks import PredictionVisualizer, RunStats
 from .optim import build_optimizer, check_optimizer_config
@@ -103,9 +104,12 @@ def build_config(args):
 def setup(args):
     """Config + detectron2's default_setup (logger, environment, config.yaml in OUTPUT_DIR).
 
-    MODEL.DEVICE "cuda..." falls back to "cpu" when CUDA is unavailable.
+    MODEL.DEVICE "cuda..." falls back to "cpu" when CUDA is unavailable. With
+    INPUT.FIT_TO_DATASET the classes, input size and anchors follow the training data
+    (focal_rpn.engine.dataset_fit), before config.yaml is written.
     """
     cfg = build_config(args)
+    fit = fit_config_to_dataset(cfg, args)  # INPUT.FIT_TO_DATASET: sizes follow the data
     device_note = None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         device_note = f"CUDA is unavailable: MODEL.DEVICE {cfg.MODEL.DEVICE!r} -> 'cpu'"
@@ -123,6 +127,7 @@ def setup(args):
     configure_threads(getattr(args, "threads", "auto"), processes=comm.get_local_size())
     if device_note:
         logging.getLogger("detectron2").warning(device_note)
+    log_fit(fit, logger.info)
     return cfg
 
 
