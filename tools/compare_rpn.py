@@ -6,15 +6,18 @@ proposal_recall.png, rpn_losses.png, losses.png, <model>/seed<S>/).
 
     tools/compare_rpn.py                                   # embedded dataset, quick R18 configs
     tools/compare_rpn.py --seeds 0,1,2,3,4 --output-dir output/cmp5
+    tools/compare_rpn.py --dataset p_train=train.json:imgs --dataset p_val=val.json:imgs \
+        --dataset-train p_train --dataset-test p_val    # your photos: the quick configs fit
+                                                        # classes, input size and anchors to them
     tools/compare_rpn.py --configs R50 --dataset mine=ann.json:imgs \\
         --dataset-train mine --dataset-test mine MODEL.ROI_HEADS.NUM_CLASSES 3
 
-Default: 3 seeds (9 runs of 600 iterations). Measured on 2026-12-01 on a 2-core AMD EPYC VM
-(AVX-512) that other jobs were sharing: 66 minutes (0.54-0.91 s per iteration). Where the step
-takes about 0.33 s (a VM that runs `make demo` at 0.38 s per iteration) that is about 40
-minutes, inside the 45 minutes this default is sized for; on a slower or busy machine pass
---seeds 0,1 (6 runs, about 44 minutes on that shared VM). docs/comparisons.md, "FL-RPN against standard
-Faster R-CNN: a real run".
+Default length: the whole comparison in about 45 minutes (--total-minutes 45) on any machine
+and any dataset: the first run (standard RPN, seed 0) trains for 78% of 45 / 9 minutes, every
+other run the iterations it reached, so that all nine train the same schedule. --iters N fixes
+the length instead (the same on every machine). The report states, per metric, the smallest
+difference the seeds can detect and the seeds a 2-point difference would need: see
+docs/comparisons.md, "FL-RPN against standard Faster R-CNN".
 """
 import argparse
 import os
