@@ -56,7 +56,7 @@ def add_comparison_arguments(p: argparse.ArgumentParser, default_seeds: str, def
                             "count and LR steps it reached")
     sched.add_argument("--total-minutes", type=float, default=None,
                        help="the whole comparison in about this many minutes: the baseline's "
-                            f"first run trains for {TRAINING_SHARE:.0%} of it divided by the "
+                            f"first run trains for {TRAINING_SHARE * 100:.0f}%% of it divided by the "
                             "number of runs, every other run the iterations that reached"
                             + (f" (default {default_total_minutes:g} when the baseline config "
                                "trains by the clock, SOLVER.TIME_BUDGET_MINUTES, and no --iters "
