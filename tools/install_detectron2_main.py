@@ -71,12 +71,13 @@ def main():
         sys.exit(TARBALL_MISSING)
     python = os.path.join(args.venv, "bin", "python")
     stamp = os.path.join(args.venv, ".detectron2-main-installed")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", args.venv], check=True)
+    # every time, also into a kept venv: requirements.txt may have gained a package since
+    pip(python, "-r", os.path.join(ROOT, "requirements.txt"))
     if os.path.exists(stamp) and not args.force:
         print(f"[install_detectron2_main] {args.venv} has detectron2 main: kept")
         return
-    if not os.path.exists(python):
-        subprocess.run([sys.executable, "-m", "venv", args.venv], check=True)
-    pip(python, "-r", os.path.join(ROOT, "requirements.txt"))
     pip(python, opencv_package(), *DETECTRON2_REQUIREMENTS, *MAIN_EXTRA_REQUIREMENTS)
     build_from_tarball(python, args.tarball)
     subprocess.run([python, "-c", "import detectron2.engine, detectron2.evaluation"], check=True,
