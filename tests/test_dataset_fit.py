@@ -155,7 +155,7 @@ def test_the_embedded_dataset_is_left_as_the_recipe_says():
 # ----------------------------------------------------------------------------- compare.py
 
 
-def test_a_photo_shaped_dataset_goes_through_compare_with_every_output(tmp_path, photos):
+def test_a_photo_shaped_dataset_goes_through_compare_with_every_output(tmp_path, photos, capsys):
     args, _ = photos
     out = tmp_path / "cmp"
     rc = compare.main(["--config", QUICK_RETINANET, "--variant", "CE: MODEL.RETINANET.FOCAL_LOSS_GAMMA 0.0 "
@@ -165,6 +165,8 @@ def test_a_photo_shaped_dataset_goes_through_compare_with_every_output(tmp_path,
                       + args + TINY_TRAIN[:8] + ["DATALOADER.NUM_WORKERS", "0",
                                                  "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
     assert rc == 0
+    # the fit of every run, once at the start
+    assert "==> INPUT.FIT_TO_DATASET (every run): 10 training images" in capsys.readouterr().out
     for name in ("comparison.md", "comparison.json", "comparison.png", "losses.png"):
         assert (out / name).stat().st_size > 0, name
     doc = json.loads((out / "comparison.json").read_text())

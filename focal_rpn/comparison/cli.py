@@ -174,6 +174,16 @@ def _test_ground_truth(cfg, args, test_dataset) -> Optional[dict]:
     return read_json(json_file) if json_file else None
 
 
+def _log_dataset_fit(cfg, args, opts, log) -> None:
+    """With INPUT.FIT_TO_DATASET, what every run will fit to its data, once at the start."""
+    from ..engine.dataset_fit import fit_config_to_dataset
+
+    fit = fit_config_to_dataset(cfg.clone(), argparse.Namespace(dataset=list(args.dataset), opts=opts))
+    if fit is not None:
+        log("==> INPUT.FIT_TO_DATASET (every run): " + "; ".join(fit.lines)
+            + (f"; sets {', '.join(f'{k} {v}' for k, v in fit.options.items())}" if fit.options else ""))
+
+
 def _log(message: str):
     print(message, flush=True)  # progress lines appear as they happen, also into a file
 
@@ -208,6 +218,7 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
     claim_output_dir(output_dir, option="--output-dir",
                      check=lambda: check_output_dir(output_dir, args.skip_existing))
 
+    _log_dataset_fit(base_cfg, args, common + list(entries[0].opts), log)
     schedule = None if budget else fixed_schedule(base_cfg, args.iters)
     total = len(seeds) * len(entries)
     log(f"==> {title}: {len(entries)} models x {len(seeds)} seed(s) = {total} runs into {output_dir}; "
