@@ -179,3 +179,10 @@ def test_a_photo_shaped_dataset_goes_through_compare_with_every_output(tmp_path,
             assert yaml.safe_load(f)["MODEL"]["RETINANET"]["NUM_CLASSES"] == 3  # fitted
     d = doc["differences"]["FL"]["AP"]
     assert d["bootstrap_interval"] is not None and d["detectable"] is not None
+
+
+def test_data_without_a_usable_box_gets_no_fit_and_no_traceback():
+    cfg = build_config(build_argument_parser().parse_args(["--config-file", QUICK_RETINANET]))
+    for stats in (stats_of(np.zeros((0, 2)), []), stats_of([(640, 480)], [])):
+        chosen = fit.fit_recipe(cfg, stats, "MODEL.RETINANET.NUM_CLASSES")
+        assert chosen.options == {} and "no usable box" in chosen.lines[0]

@@ -182,7 +182,11 @@ class Fit:
 
 def fit_recipe(cfg, stats: DataStats, num_classes_key: Optional[str],
                user_keys: Sequence[str] = ()) -> Fit:
-    """The options that fit ``cfg``'s recipe to ``stats``; ``user_keys`` are never changed."""
+    """The options that fit ``cfg``'s recipe to ``stats``; ``user_keys`` are never changed.
+    Data without an image or a usable box gets no options (the trainer's dataset checks then
+    refuse it by name)."""
+    if not len(stats.image_sizes) or not len(stats.box_sizes):
+        return Fit({}, ["nothing fitted: the training data has no image or no usable box"], [])
     lines = [f"{len(stats.image_sizes)} training images, shorter side median "
              f"{np.median(stats.short_sides):.0f} px ({stats.short_sides.min():.0f}-"
              f"{stats.short_sides.max():.0f}), aspect median {np.median(stats.aspects):.2f} "
@@ -209,10 +213,10 @@ def fit_recipe(cfg, stats: DataStats, num_classes_key: Optional[str],
     factor, coverage = fit_anchor_scale(resized, sizes, ratios)
     if factor != 1.0:
         options["MODEL.ANCHOR_GENERATOR.SIZES"] = [[round(s * factor, 4) for s in lv] for lv in sizes]
+    which = "the config's sizes" if factor == 1.0 else f"the config's sizes x {factor}"
     lines.append(f"anchors {min(map(min, sizes)) * factor:.0f}-{max(map(max, sizes)) * factor:.0f} "
-                 f"px: {coverage[factor]:.0%} of the resized boxes have one at IoU >= 0.5 by shape "
-                 f"({'the config' + chr(39) + 's sizes' if factor == 1.0 else f'sizes x {factor}'}; "
-                 + ", ".join(f"x{f}: {c:.0%}" for f, c in coverage.items()) + ")")
+                 f"px ({which}): {coverage[factor]:.0%} of the resized boxes have one at IoU >= "
+                 "0.5 by shape (" + ", ".join(f"x{f}: {c:.0%}" for f, c in coverage.items()) + ")")
     kept = [k for k in options if k in user_keys]
     return Fit({k: v for k, v in options.items() if k not in user_keys}, lines, kept)
 
