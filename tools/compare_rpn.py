@@ -12,9 +12,10 @@ proposal_recall.png, rpn_losses.png, losses.png, <model>/seed<S>/).
     tools/compare_rpn.py --configs R50 --dataset mine=ann.json:imgs \\
         --dataset-train mine --dataset-test mine MODEL.ROI_HEADS.NUM_CLASSES 3
 
-Default length: the whole comparison in about 45 minutes (--total-minutes 45) on any machine
-and any dataset: the first run (standard RPN, seed 0) trains for 78% of 45 / 9 minutes, every
-other run the iterations it reached, so that all nine train the same schedule. --iters N fixes
+Default length: the whole comparison in at most about 45 minutes (--total-minutes 45) on any
+machine and any dataset: the first run (standard RPN, seed 0) trains for 78% of 45 / 9
+minutes or the configs' 600 iterations, whichever ends first, and every other run the
+iterations it reached, so that all nine train the same schedule. --iters N fixes
 the length instead (the same on every machine). The report states, per metric, the smallest
 difference the seeds can detect and the seeds a 2-point difference would need: see
 docs/comparisons.md, "FL-RPN against standard Faster R-CNN".
