@@ -186,3 +186,14 @@ def test_data_without_a_usable_box_gets_no_fit_and_no_traceback():
     for stats in (stats_of(np.zeros((0, 2)), []), stats_of([(640, 480)], [])):
         chosen = fit.fit_recipe(cfg, stats, "MODEL.RETINANET.NUM_CLASSES")
         assert chosen.options == {} and "no usable box" in chosen.lines[0]
+
+
+def test_a_bad_dataset_stops_a_comparison_before_any_run_with_one_line(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = compare.main(["--config", QUICK_RETINANET, "--variant", "A:", "--variant", "B:",
+                       "--iters", "2", "--seeds", "0", "--output-dir", str(out),
+                       "--dataset", f"bad={tmp_path / 'missing.json'}:{tmp_path}",
+                       "--dataset-train", "bad", "--dataset-test", "bad"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "compare: error:" in err and "missing.json" in err
+    assert "Traceback" not in err and not out.exists()  # refused before the folder is made

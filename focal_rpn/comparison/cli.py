@@ -178,7 +178,10 @@ def _log_dataset_fit(cfg, args, opts, log) -> None:
     """With INPUT.FIT_TO_DATASET, what every run will fit to its data, once at the start."""
     from ..engine.dataset_fit import fit_config_to_dataset
 
-    fit = fit_config_to_dataset(cfg.clone(), argparse.Namespace(dataset=list(args.dataset), opts=opts))
+    try:  # registers --dataset: a bad one stops here, before any run trains
+        fit = fit_config_to_dataset(cfg.clone(), argparse.Namespace(dataset=list(args.dataset), opts=opts))
+    except ValueError as err:  # DatasetError, ConfigError: their messages name file and key
+        raise ComparisonError(str(err)) from None
     if fit is not None:
         log("==> INPUT.FIT_TO_DATASET (every run): " + "; ".join(fit.lines)
             + (f"; sets {', '.join(f'{k} {v}' for k, v in fit.options.items())}" if fit.options else ""))
@@ -211,6 +214,7 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
             raise ComparisonError(f"{e.name} ({e.config_file}): {err}") from None
     base_cfg = configs[entries[0].name]
     test_dataset = test_dataset_of(base_cfg)
+    _log_dataset_fit(base_cfg, args, common + list(entries[0].opts), log)  # before any folder
     budget = base_cfg.SOLVER.TIME_BUDGET_MINUTES if args.iters is None else None
     budget = budget if budget else None
     output_dir = os.path.abspath(args.output_dir)
@@ -218,7 +222,6 @@ def run_comparison(entries: List[Entry], args, title: str = "compare", log=_log)
     claim_output_dir(output_dir, option="--output-dir",
                      check=lambda: check_output_dir(output_dir, args.skip_existing))
 
-    _log_dataset_fit(base_cfg, args, common + list(entries[0].opts), log)
     schedule = None if budget else fixed_schedule(base_cfg, args.iters)
     total = len(seeds) * len(entries)
     log(f"==> {title}: {len(entries)} models x {len(seeds)} seed(s) = {total} runs into {output_dir}; "
