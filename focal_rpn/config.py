@@ -47,6 +47,12 @@ def add_focal_rpn_config(cfg):
         # channels-last where the model runs on CPU, the layout as built elsewhere (GPU);
         # True / False: always / never. None (the default) means "auto", as for WINOGRAD.
         _C.MODEL.FOCAL_RETINANET.CHANNELS_LAST = None
+    if "CPU_BF16" not in _C.MODEL.FOCAL_RETINANET:
+        # bfloat16 autocast of the backbone and the head on CPU (focal_rpn.layers.cpu_bf16); the
+        # losses, the normaliser, matching and box decoding stay float32. "auto": on where the
+        # model runs on a CPU with native bfloat16 (AVX-512-BF16 or AMX; logged), off elsewhere;
+        # True / False: always (on CPU) / never. None (the default) means "auto".
+        _C.MODEL.FOCAL_RETINANET.CPU_BF16 = None
     if "CHANNELS_LAST" not in _C.MODEL:
         # The same for every other model that focal_rpn.engine.Trainer builds (Faster R-CNN
         # with RPN or FocalRPN, ...): "auto" (None, the default) puts its 4-d weights in

@@ -49,6 +49,12 @@ def _winograd(key, value):
     check_winograd_mode(key, value)
 
 
+def _cpu_bf16(key, value):
+    from ..layers.cpu_bf16 import check_cpu_bf16_mode
+
+    check_cpu_bf16_mode(key, value)
+
+
 def _time_budget(key, value):
     from .budget import check_time_budget
 
@@ -65,6 +71,7 @@ VALUE_CHECKS: Dict[str, Callable] = {
     "MODEL.FOCAL_RETINANET.ACTIVATION": focal_config.check_activation,
     "MODEL.FOCAL_RETINANET.WINOGRAD": _winograd,
     "MODEL.FOCAL_RETINANET.CHANNELS_LAST": focal_config.check_channels_last_mode,
+    "MODEL.FOCAL_RETINANET.CPU_BF16": _cpu_bf16,
     "MODEL.CHANNELS_LAST": focal_config.check_channels_last_mode,
     "MODEL.RETINANET.FOCAL_LOSS_ALPHA": focal_config.check_alpha,
     "MODEL.RETINANET.FOCAL_LOSS_GAMMA": focal_config.check_gamma,

@@ -23,6 +23,7 @@ from detectron2.utils.events import get_event_storage
 
 from ..config import check_activation, check_alpha, check_gamma, check_positive, check_probability
 from ..d2_adapter import RPNWithAnchorSamplingSeam, dense_box_regression_loss
+from ..layers.cpu_bf16 import float32_outputs
 from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
 
 __all__ = ["FocalRPN"]
@@ -172,8 +173,19 @@ class FocalRPN(RPNWithAnchorSamplingSeam, RPN):
             gt_boxes (list[Tensor]): N tensors of shape (R, 4).
 
         Returns:
-            dict[str, Tensor]: scalar "loss_rpn_cls" and "loss_rpn_loc".
+            dict[str, Tensor]: scalar "loss_rpn_cls" and "loss_rpn_loc", in float32 also under
+            mixed precision (SOLVER.AMP): the head's outputs are cast to float32 and the losses
+            computed with autocast off (a sum over all anchors can overflow float16).
         """
+        device_type = gt_labels[0].device.type
+        with torch.autocast(device_type, enabled=False):
+            return self._float32_losses(
+                anchors, float32_outputs(pred_objectness_logits), gt_labels,
+                float32_outputs(pred_anchor_deltas), gt_boxes,
+            )
+
+    def _float32_losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas,
+                        gt_boxes) -> Dict[str, Tensor]:
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
         pos_mask = gt_labels == 1
