@@ -16,8 +16,6 @@ The logic lives in focal_rpn.engine.
 import os
 import sys
 
-# before torch loads OpenMP: waiting threads sleep instead of spinning on shared cores
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from focal_rpn.engine import build_argument_parser, launch_main, main  # noqa: E402

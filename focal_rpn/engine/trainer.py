@@ -44,7 +44,7 @@ from .output_dir import (
     claim_output_dir,
     release_output_dir,
 )
-from .threads import StepTimeWatch, add_threads_argument, configure_threads
+from .threads import add_threads_argument, configure_threads, thread_hook
 from .weights import (
     check_initial_weights,
     check_resumed_weights,
@@ -446,7 +446,7 @@ def _train_or_evaluate(cfg, args):
             verify_results(cfg, results)
     else:
         trainer = Trainer(cfg)
-        trainer.register_hooks([StepTimeWatch()])
+        trainer.register_hooks([thread_hook(getattr(args, "threads", "auto"))])
         trainer.resume_or_load(resume=args.resume)
         trainer.train()
         # DefaultTrainer.train returns them only with TEST.EXPECTED_RESULTS set
