@@ -26,7 +26,8 @@ def test_run_quick_prints_a_row_per_case_of_every_suite(tmp_path):
     assert sum(c.startswith("sigmoid focal dense 0/1") for c in cases) == 2
     assert sum(c.startswith("sigmoid focal soft-target") for c in cases) == 2
     assert sum(c.startswith("softmax focal") for c in cases) == 1
-    for case in ("retinanet_train", "retinanet_infer", "fl_rpn_sigmoid_train",
+    for case in ("retinanet_train", "retinanet_infer", "retinanet_fp32_train",
+                 "retinanet_fp32_infer", "demo train_net step", "fl_rpn_sigmoid_train",
                  "fl_rpn_softmax_train", "faster_rcnn_recipe_train", "faster_rcnn_recipe_infer"):
         assert case in cases
     infer = next(r for r in rows if r["case"] == "faster_rcnn_recipe_infer")
@@ -36,6 +37,7 @@ def test_run_quick_prints_a_row_per_case_of_every_suite(tmp_path):
     assert auto[0]["chosen"] in ("Winograd", "F.conv2d") and auto[0]["chosen"] in auto[0]["case"]
     machine = json.loads(out.read_text())["machine"]
     assert "vector ISA" in machine and "oneDNN" in machine, machine
+    assert "bfloat16 autocast" in machine, machine
     assert any(c.startswith("COCO bbox eval") for c in cases)
     roi_align = [r for r in rows if r["case"].startswith("roi_align")]
     assert len(roi_align) == 1 and roi_align[0]["max_abs_diff"] < 1e-4, roi_align
@@ -116,3 +118,23 @@ def test_peak_memory_of_a_subprocess_does_not_include_its_parents():
         f"{small_parent:.0f} MiB before: the parent's memory leaked into its peak"
     )
     assert 0 < after_reset <= big_parent + 1
+
+
+def test_demo_step_time_is_the_median_past_the_warm_up(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import bench_demo
+    finally:
+        sys.path.pop(0)
+    metrics = tmp_path / "metrics.json"
+    rows = [{"iteration": 19, "time": 9.0, "data_time": 0.1},  # warm-up: left out
+            {"iteration": 39, "time": 0.30}, {"iteration": 59, "time": 0.20},
+            {"iteration": 79, "lr": 0.1}, {"iteration": 99, "time": 0.25}]
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert bench_demo.step_seconds(str(metrics), skip=20) == 0.25
+    try:
+        bench_demo.step_seconds(str(metrics), skip=1000)
+    except RuntimeError as e:
+        assert "no 'time' entries" in str(e)
+    else:
+        raise AssertionError("no step time past the warm-up must raise")
