@@ -46,3 +46,24 @@ def test_trace_matches_eager(config_file, opts):
     other = torch.randint(0, 256, (1, 3, IMAGE_SIZE, IMAGE_SIZE), generator=g).float()[0]
     with torch.no_grad():
         torch.testing.assert_close(traced(other), adapter(other))
+
+
+def test_trace_of_a_bf16_model_is_float32():
+    """CPU_BF16 on: eager inference runs in bfloat16, the traced graph in float32 (exported
+    models do not depend on the CPU that exported them): it equals the float32 eager model."""
+    model = tiny_model("retinanet_R50.yaml", ["MODEL.FOCAL_RETINANET.CPU_BF16", True]).eval()
+    assert model.cpu_bf16 is True
+    with torch.no_grad():
+        model.head.cls_score.bias.add_(4.0)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE), generator=g).float()
+    adapter = TracingAdapter(model, [{"image": image}], inference)
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+        traced_outputs = traced(*adapter.flattened_inputs)
+        model.cpu_bf16 = False
+        float32_outputs = adapter(*adapter.flattened_inputs)
+    assert float32_outputs[0].numel() > 0
+    for fp32, trace in zip(float32_outputs, traced_outputs):
+        assert trace.dtype == fp32.dtype
+        torch.testing.assert_close(trace, fp32)
