@@ -13,7 +13,7 @@ first ``SKIP`` iterations (warm-up, the path timing of the convolutions and the 
 data loading and hooks included, as the log's ``time:`` shows. Rows report the median over
 rounds of those medians, and their ratio.
 
-    .venv/bin/python benchmarks/bench_demo.py [--iters 160] [--rounds 2]
+    .venv/bin/python benchmarks/bench_demo.py [--iters 160] [--rounds 2] [KEY VALUE ...]
 """
 import argparse
 import json
@@ -49,8 +49,8 @@ def step_seconds(metrics_json: str, skip: int = SKIP) -> float:
     return statistics.median(times)
 
 
-def run_once(name: str, iters: int, threads=None, quick: bool = False) -> float:
-    opts, env_changes = SETTINGS[name]
+def run_once(name: str, iters: int, threads=None, quick: bool = False, settings=None) -> float:
+    opts, env_changes = (settings or SETTINGS)[name]
     env = dict(os.environ)
     for key, value in env_changes.items():
         if value is None:
@@ -72,13 +72,16 @@ def run_once(name: str, iters: int, threads=None, quick: bool = False) -> float:
         return step_seconds(os.path.join(out, "metrics.json"), skip=min(SKIP, iters // 2))
 
 
-def run(iters: int = 160, rounds: int = 2, quick: bool = False):
-    """One row: {case, ours_ms, baseline, baseline_ms, ratio, ...}, settings alternating."""
-    times = {name: [] for name in SETTINGS}
+def run(iters: int = 160, rounds: int = 2, quick: bool = False, ours_opts=()):
+    """One row: {case, ours_ms, baseline, baseline_ms, ratio, ...}, settings alternating.
+    ``ours_opts``: config options added to ours (to try a change of the recipe)."""
+    settings = dict(SETTINGS, ours=(list(SETTINGS["ours"][0]) + list(ours_opts),
+                                    SETTINGS["ours"][1]))
+    times = {name: [] for name in settings}
     for r in range(rounds):
-        order = list(SETTINGS) if r % 2 == 0 else list(SETTINGS)[::-1]
+        order = list(settings) if r % 2 == 0 else list(settings)[::-1]
         for name in order:
-            times[name].append(run_once(name, iters, quick=quick))
+            times[name].append(run_once(name, iters, quick=quick, settings=settings))
     ours, base = (statistics.median(times[n]) * 1e3 for n in ("ours", "baseline"))
     return [{
         "case": "demo train_net step", "ours_ms": ours, "baseline": BASELINE_NAME,
@@ -93,8 +96,9 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=160)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny images: a smoke test")
+    parser.add_argument("ours_opts", nargs="*", help="KEY VALUE config options for ours only")
     args = parser.parse_args(argv)
-    for row in run(args.iters, args.rounds, args.quick):
+    for row in run(args.iters, args.rounds, args.quick, args.ours_opts):
         print(json.dumps(row))
 
 
