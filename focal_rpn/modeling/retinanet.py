@@ -221,7 +221,8 @@ class FocalRetinaNet(RetinaNet):
         tracing or scripting (exported graphs stay float32)."""
         if self.cpu_bf16 == "auto":
             self.cpu_bf16 = cpu_bf16_on("cpu_bf16", "auto", self.device)
-        exporting = torch.jit.is_tracing() or torch.jit.is_scripting()
+        exporting = (torch.jit.is_tracing() or torch.jit.is_scripting()
+                     or _compiler_is_exporting())
         return cpu_bf16_autocast(self.cpu_bf16 and self.device.type == "cpu" and not exporting)
 
     def forward(self, batched_inputs):
@@ -337,6 +338,14 @@ class FocalRetinaNet(RetinaNet):
         if self.activation == "sigmoid":
             return logits.sigmoid()
         return logits.softmax(dim=-1)[:, : self.num_classes]  # background column dropped
+
+
+def _compiler_is_exporting() -> bool:
+    """``torch.compiler.is_exporting()`` (torch.export, dynamo-based ONNX export), False on a
+    torch without it."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_exporting")
+                and compiler.is_exporting())
 
 
 def _build_softmax_head(cfg, backbone) -> RetinaNetHead:
