@@ -4,13 +4,15 @@ in its own process (the OpenMP wait policy is read when a process loads OpenMP),
 
 * ours: train_net as it is (bfloat16 autocast where the CPU has it natively, OpenMP's own wait
   policy, StepThreadTuner);
-* baseline: the same run as it was before: ``MODEL.FOCAL_RETINANET.CPU_BF16 False`` and
-  ``OMP_WAIT_POLICY=PASSIVE``.
+* baseline: the same run as it was before: ``MODEL.FOCAL_RETINANET.CPU_BF16 False``,
+  ``OMP_WAIT_POLICY=PASSIVE`` and the thread count fixed at what ``auto`` gives (``--threads N``:
+  no thread trial, as before).
 
 Each run trains ``--iters`` iterations (no time budget, no evaluation) into a temporary folder;
 its step time is the median of detectron2's per-iteration ``time`` in metrics.json after the
-first ``SKIP`` iterations (warm-up, the path timing of the convolutions and the thread trial),
-data loading and hooks included, as the log's ``time:`` shows. Rows report the median over
+first ``SKIP`` iterations (warm-up, the path timing of the convolutions and the thread trial):
+what the log's ``time:`` shows, detectron2's IterationTimer (the step with its data loading
+and the hooks' ``before_step``; each entry a median over 20 iterations). Rows report the median over
 rounds of those medians, and their ratio.
 
     .venv/bin/python benchmarks/bench_demo.py [--iters 160] [--rounds 2] [KEY VALUE ...]
@@ -22,6 +24,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -58,6 +62,10 @@ def run_once(name: str, iters: int, threads=None, quick: bool = False, settings=
         else:
             env[key] = value
     with tempfile.TemporaryDirectory(prefix="bench_demo_") as out:
+        if name == "baseline" and threads is None:
+            from focal_rpn.engine.threads import auto_threads
+
+            threads = auto_threads()
         cmd = [sys.executable, TRAIN_NET, "--config-file", CONFIG, "--num-gpus", "1",
                *(["--threads", str(threads)] if threads else []),
                "SOLVER.TIME_BUDGET_MINUTES", "0", "SOLVER.MAX_ITER", str(iters),

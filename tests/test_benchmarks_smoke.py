@@ -138,3 +138,19 @@ def test_demo_step_time_is_the_median_past_the_warm_up(tmp_path):
         assert "no 'time' entries" in str(e)
     else:
         raise AssertionError("no step time past the warm-up must raise")
+
+
+def test_bf16_targets_apply_only_where_bfloat16_is_native():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    train = {"case": "retinanet_train", "baseline": "d2 RetinaNet"}
+    fp32 = {"case": "retinanet_fp32_train", "baseline": "d2 RetinaNet"}
+    demo = {"case": "demo train_net step", "baseline": "x"}
+    assert run.target_of(train, native_bf16=True) == 0.6
+    assert run.target_of(train, native_bf16=False) == 0.9  # "auto" is float32 there
+    assert run.target_of(fp32, native_bf16=True) == run.target_of(fp32, native_bf16=False) == 0.9
+    assert run.target_of(demo, native_bf16=True) == 0.5
+    assert run.target_of(demo, native_bf16=False) == 1.0

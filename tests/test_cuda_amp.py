@@ -23,7 +23,9 @@ CONFIGS = ["retinanet_R50.yaml", "faster_rcnn_R50_FL-RPN_sigmoid.yaml",
 
 
 def cuda_model(config_file, opts=()):
-    cfg = tiny_cfg(config_file, ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", True, *opts])
+    # CPU_BF16 True: the CPU bfloat16 key must not touch a CUDA model
+    cfg = tiny_cfg(config_file, ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", True,
+                                 "MODEL.FOCAL_RETINANET.CPU_BF16", True, *opts])
     torch.manual_seed(0)
     model = build_model(cfg)
     assert next(model.parameters()).is_cuda
@@ -57,7 +59,8 @@ def test_amp_trainer_trains_with_float32_focal_losses(config_file):
 
 
 @pytest.mark.parametrize("config_file", CONFIGS)
-def test_compiled_backbone_and_head_train_and_predict_on_cuda(config_file):
+def test_compiled_modules_train_and_predict_on_cuda(config_file):
+    """torch.compile of the backbone (and of RetinaNet's head) on CUDA."""
     model = cuda_model(config_file)
     model.backbone = torch.compile(model.backbone)
     head = "head" if hasattr(model, "head") else None

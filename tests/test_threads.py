@@ -100,3 +100,44 @@ def test_hook_follows_how_the_count_was_chosen(monkeypatch):
         assert isinstance(thread_hook("auto"), StepTimeWatch)  # nothing to choose from
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_thread_is_timed_again_after_the_recheck_period():
+    # busy until step 100, free after: the periodic recheck finds 2 threads faster again
+    sim = SimulatedSteps(lambda n, i: ({2: 1.5, 1: 0.3} if i < 100 else {2: 0.1, 1: 0.16})[n])
+    hook = tuner(sim, recheck_period=50)
+    sim.run(hook, 200)
+    assert hook.chosen == 2 and sim.history[-1] == 2
+    assert hook.retunes == 0  # rechecks are not retunes
+
+
+def test_training_that_ends_mid_trial_leaves_the_chosen_count():
+    sim = SimulatedSteps(lambda n, i: {2: 0.1, 1: 0.16}[n])
+    hook = tuner(sim)
+    sim.run(hook, 10)  # inside the 1-thread half of the trial
+    assert sim.threads == 1
+    hook.after_train()
+    assert sim.threads == 2  # evaluation after training gets every thread
+
+
+def test_step_time_is_the_iteration_timers_where_the_trainer_records_it():
+    from types import SimpleNamespace
+
+    from detectron2.utils.events import EventStorage
+
+    sim = SimulatedSteps(lambda n, i: 5.0)  # the hook's own clock: slow (hooks' after_step)
+    hook = tuner(sim)
+    with EventStorage(0) as storage:
+        hook.trainer = SimpleNamespace(storage=storage)
+        for i in range(20):
+            storage.iter = i
+            hook.before_step()
+            sim.now += 5.0
+            storage.put_scalar("time", {2: 0.1, 1: 0.3}[sim.threads])  # IterationTimer's
+            hook.after_step()
+    assert hook.chosen == 2 and hook._chosen_median == 0.1
+
+
+def test_tuner_arguments_are_checked():
+    with pytest.raises(ValueError, match="trial"):
+        StepThreadTuner(2, trial=0)

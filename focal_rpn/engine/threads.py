@@ -154,14 +154,27 @@ class StepThreadTuner(HookBase):
     times: a machine whose load keeps changing does not make every step a trial). Each choice
     is logged with both medians.
 
-    ``set_threads`` and ``clock`` are for tests (defaults: ``torch.set_num_threads``,
-    ``time.perf_counter``)."""
+    While 1 thread is the choice, both are timed again every ``recheck_period`` steps (the
+    other process may have ended; these rechecks do not count against ``max_retunes``). When
+    training ends, the chosen count (or ``threads``, mid-trial) is set for what follows
+    (evaluation).
+
+    A step's time is detectron2's ``IterationTimer``'s for that iteration where the trainer
+    records one (the step and the hooks' ``before_step``, not the other hooks' ``after_step``:
+    a checkpoint or an evaluation does not count as a slow step), else this hook's own
+    ``before_step`` to ``after_step``. ``set_threads`` and ``clock`` are for tests (defaults:
+    ``torch.set_num_threads``, ``time.perf_counter``)."""
 
     def __init__(self, threads: int, warmup: int = 5, trial: int = 4, margin: float = 0.9,
                  window: int = 10, retune_factor: float = 2.0, max_retunes: int = 3,
-                 clock=time.perf_counter, set_threads=torch.set_num_threads):
+                 recheck_period: int = 500, clock=time.perf_counter,
+                 set_threads=torch.set_num_threads):
         if threads < 2:
             raise ValueError(f"StepThreadTuner needs threads >= 2 to choose from, not {threads}")
+        if trial < 1 or window < 1:
+            raise ValueError(f"StepThreadTuner: trial ({trial}) and window ({window}) must be >= 1")
+        self.recheck_period = recheck_period
+        self._since_choice = 0
         self.threads, self.warmup, self.trial, self.margin = threads, warmup, trial, margin
         self.window, self.retune_factor, self.max_retunes = window, retune_factor, max_retunes
         self.clock, self.set_threads = clock, set_threads
@@ -191,10 +204,22 @@ class StepThreadTuner(HookBase):
             self._begin_trial()
         self._start = self.clock()
 
+    def _step_seconds(self) -> float:
+        """This iteration's IterationTimer time if the trainer's storage has it, else ours."""
+        own = self.clock() - self._start
+        storage = getattr(getattr(self, "trainer", None), "storage", None)
+        if storage is None:
+            return own
+        try:
+            value, iteration = storage.history("time").values()[-1]
+        except (KeyError, IndexError):
+            return own
+        return value if iteration == storage.iter else own
+
     def after_step(self):
         if self._start is None:
             return
-        elapsed = self.clock() - self._start
+        elapsed = self._step_seconds()
         self._start = None
         if self._queue:
             self._times[self._queue.pop(0)].append(elapsed)
@@ -203,6 +228,12 @@ class StepThreadTuner(HookBase):
             else:
                 self._decide()
         elif self.chosen is not None:
+            self._since_choice += 1
+            if self.chosen == 1 and self._since_choice >= self.recheck_period:
+                logger.info("CPU threads: 1 thread for %d steps: timing %d and 1 thread again",
+                            self._since_choice, self.threads)
+                self._begin_trial()
+                return
             self._recent.append(elapsed)
             if (len(self._recent) == self.window and self.retunes < self.max_retunes
                     and statistics.median(self._recent) > self.retune_factor * self._chosen_median):
@@ -215,12 +246,17 @@ class StepThreadTuner(HookBase):
                     self.chosen, self.threads)
                 self._begin_trial()
 
+    def after_train(self):
+        self._queue = []
+        self._use(self.chosen or self.threads)
+
     def _decide(self):
         many = statistics.median(self._times[self.threads])
         one = statistics.median(self._times[1])
         self.chosen = 1 if one < self.margin * many else self.threads
         self._chosen_median = one if self.chosen == 1 else many
         self._recent.clear()
+        self._since_choice = 0
         self._use(self.chosen)
         logger.info(
             "CPU threads: median step %.3f s at %d threads, %.3f s at 1 -> %d%s", many,
