@@ -96,7 +96,7 @@ def target_of(row: Dict, native_bf16: bool = None):
         from focal_rpn.layers.cpu_bf16 import cpu_has_native_bf16
 
         native_bf16 = cpu_has_native_bf16()
-    targets = TARGETS if native_bf16 else dict(TARGETS, **TARGETS_WITHOUT_NATIVE_BF16)
+    targets = TARGETS if native_bf16 else {**TARGETS, **TARGETS_WITHOUT_NATIVE_BF16}
     for (prefix, baseline), limit in targets.items():
         if row["case"].startswith(prefix) and baseline in (None, row["baseline"]):
             return limit
