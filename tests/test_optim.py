@@ -66,30 +66,3 @@ def test_bad_optimizer_settings_fail_when_the_config_is_read(opts, words):
     for word in words:
         assert word in str(err.value)
 
-
-def test_adamw_uses_pytorchs_fused_kernel_with_the_same_update():
-    import torch
-    from detectron2.config import get_cfg
-
-    import focal_rpn
-    from focal_rpn.engine.optim import build_optimizer
-
-    cfg = get_cfg()
-    focal_rpn.add_focal_rpn_config(cfg)
-    cfg.SOLVER.OPTIMIZER = "AdamW"
-    cfg.SOLVER.BASE_LR = 0.01
-    torch.manual_seed(0)
-    models = [torch.nn.Linear(8, 4) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    fused = build_optimizer(cfg, models[0])
-    assert all(group["fused"] for group in fused.param_groups)
-    loop = torch.optim.AdamW(models[1].parameters(), lr=0.01, betas=(0.9, 0.999),
-                             weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-    x = torch.randn(16, 8)
-    for _ in range(3):
-        for model, optimizer in zip(models, (fused, loop)):
-            optimizer.zero_grad()
-            model(x).square().sum().backward()
-            optimizer.step()
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -51,12 +51,9 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
     )
     adamw = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
-    kwargs = dict(lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
-                  weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-    try:
-        # PyTorch's fused kernel (CPU and CUDA): on the demo model's 112 parameters 2.3 ms per
-        # step against 7.0 ms for the per-parameter loop, the CPU default (2026-12-07,
-        # docs/benchmarks.md); the same update up to float rounding.
-        return adamw(params, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):  # a device or torch without the fused kernel
-        return adamw(params, **kwargs)
+    return adamw(
+        params,
+        lr=cfg.SOLVER.BASE_LR,
+        betas=tuple(cfg.SOLVER.BETAS),
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+    )
