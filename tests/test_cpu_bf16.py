@@ -47,8 +47,9 @@ def test_native_bf16_follows_the_cpu_flags_and_the_onednn_cap(tmp_path):
 
 
 def test_modes_and_their_settlement():
-    for auto in (None, "auto", "AUTO"):
+    for auto in ("auto", "AUTO"):
         assert check_cpu_bf16_mode("K", auto) == "auto"
+    assert check_cpu_bf16_mode("K", None) is False  # the default: off
     assert check_cpu_bf16_mode("K", True) is True and check_cpu_bf16_mode("K", False) is False
     with pytest.raises(ValueError, match=r"MODEL.FOCAL_RETINANET.CPU_BF16 = 'yes' is not allowed"):
         check_cpu_bf16_mode("MODEL.FOCAL_RETINANET.CPU_BF16", "yes")

@@ -46,11 +46,15 @@ ONEDNN_ISAS_WITH_BF16 = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX",
 
 
 def check_cpu_bf16_mode(key, value):
-    """MODEL.FOCAL_RETINANET.CPU_BF16: "auto" (also None), True or False; ValueError naming
-    ``key`` otherwise."""
+    """MODEL.FOCAL_RETINANET.CPU_BF16: None (the default) or False: float32; "auto" or True;
+    ValueError naming ``key`` otherwise. Off by default: in the clean-clone CI run of
+    2026-12-07, tiny test trainings (64 px images) under bfloat16 hit NaN losses after 1-10
+    steps, not yet understood (docs/benchmarks.md)."""
+    if value is None:
+        return False
     return check_auto_mode(
-        key, value, "\"auto\" (bfloat16 autocast on a CPU with native bfloat16, the default), "
-        "True (bfloat16 autocast on any CPU) or False (float32)"
+        key, value, "\"auto\" (bfloat16 autocast on a CPU with native bfloat16), True "
+        "(bfloat16 autocast on any CPU) or False / None (float32, the default)"
     )
 
 

@@ -113,8 +113,8 @@ class FocalRetinaNet(RetinaNet):
     the CPU has native bfloat16. Everything after the head stays in float32: the head's outputs
     are cast to float32, and anchor matching, the focal loss, the loss normaliser, the box
     regression loss and box decoding run with autocast off (also under detectron2's
-    SOLVER.AMP on CUDA). ``"auto"`` (the default) is on for a model on a CPU with native
-    bfloat16 and off elsewhere; settled like ``channels_last``, logged.
+    SOLVER.AMP on CUDA). ``"auto"`` is on for a model on a CPU with native bfloat16 and off
+    elsewhere; settled like ``channels_last``, logged. Off by default (False).
     """
 
     @configurable
@@ -124,7 +124,7 @@ class FocalRetinaNet(RetinaNet):
         activation: str = "sigmoid",
         winograd: Union[str, bool] = "auto",
         channels_last: Union[str, bool] = "auto",
-        cpu_bf16: Union[str, bool] = "auto",
+        cpu_bf16: Union[str, bool] = False,
         softmax_prior_prob: Optional[float] = None,
         **kwargs,
     ):
