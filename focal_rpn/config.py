@@ -51,8 +51,8 @@ def add_focal_rpn_config(cfg):
         # bfloat16 autocast of the backbone and the head on CPU (focal_rpn.layers.cpu_bf16); the
         # losses, the normaliser, matching and box decoding stay float32. "auto": on where the
         # model runs on a CPU with native bfloat16 (AVX-512-BF16 or AMX; logged), off elsewhere;
-        # True / False: always (on CPU) / never. None (the default) means False: tiny test
-        # trainings hit NaN losses under bfloat16 in CI (2026-12-07), so it is opt-in for now.
+        # True / False: always (on CPU) / never. None (the default) means "auto". Batches of
+        # images 64 px or smaller on a side (P3-P7) stay float32 (FocalRetinaNet._bf16_fits).
         _C.MODEL.FOCAL_RETINANET.CPU_BF16 = None
     if "CHANNELS_LAST" not in _C.MODEL:
         # The same for every other model that focal_rpn.engine.Trainer builds (Faster R-CNN

@@ -12,6 +12,7 @@ from focal_rpn.layers.cpu_bf16 import (
     cpu_bf16_on,
     cpu_has_native_bf16,
     float32_outputs,
+    strided_convs_fit_bf16,
 )
 from tiny_models import batched_inputs, tiny_model
 
@@ -49,7 +50,7 @@ def test_native_bf16_follows_the_cpu_flags_and_the_onednn_cap(tmp_path):
 def test_modes_and_their_settlement():
     for auto in ("auto", "AUTO"):
         assert check_cpu_bf16_mode("K", auto) == "auto"
-    assert check_cpu_bf16_mode("K", None) is False  # the default: off
+    assert check_cpu_bf16_mode("K", None) == "auto"  # the yacs default
     assert check_cpu_bf16_mode("K", True) is True and check_cpu_bf16_mode("K", False) is False
     with pytest.raises(ValueError, match=r"MODEL.FOCAL_RETINANET.CPU_BF16 = 'yes' is not allowed"):
         check_cpu_bf16_mode("MODEL.FOCAL_RETINANET.CPU_BF16", "yes")
@@ -129,3 +130,72 @@ def test_losses_stay_float32_under_an_outer_autocast():
             if key in losses:
                 assert losses[key].dtype == torch.float32, (config, key)
                 assert torch.isfinite(losses[key])
+
+
+def test_batches_fit_bf16_only_where_every_strided_conv_reads_2_pixels_or_more():
+    # P3-P7 (largest stride 128): P7's stride-2 convolution reads P6 (stride 64)
+    assert not strided_convs_fit_bf16(64, 64, 128)  # P6 is 1x1
+    assert strided_convs_fit_bf16(65, 65, 128)  # P6 is 2x2
+    assert not strided_convs_fit_bf16(800, 64, 128)  # one narrow side is enough to refuse
+    assert not strided_convs_fit_bf16(64, 1333, 128)
+    assert strided_convs_fit_bf16(512, 683, 128)
+    assert not strided_convs_fit_bf16(16, 16, 32) and strided_convs_fit_bf16(17, 17, 32)
+
+
+@needs_onednn
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_strided_conv_weight_gradients_are_right_on_2_pixel_maps_and_up(channels_last):
+    """What strided_convs_fit_bf16 relies on: oneDNN's bfloat16 weight gradient of a 3x3
+    stride-2 convolution (RetinaNet's P6 and P7, ResNet's strided 3x3s) matches float32 on
+    maps of 2 pixels a side and more. (On 1-pixel maps it does not, with torch 2.14.1.)"""
+    g = torch.Generator().manual_seed(0)
+    for height, width in ((2, 2), (2, 3), (3, 2), (2, 5), (4, 4), (7, 9)):
+        x = torch.randn(2, 64, height, width, generator=g)
+        w = torch.randn(64, 64, 3, 3, generator=g) * 0.01
+        if channels_last:
+            x, w = (t.contiguous(memory_format=torch.channels_last) for t in (x, w))
+        grads = []
+        for dtype in (torch.float32, torch.bfloat16):
+            xx = x.to(dtype).detach().requires_grad_()
+            ww = w.to(dtype).detach().requires_grad_()
+            y = torch.nn.functional.conv2d(xx, ww, None, 2, 1)
+            if dtype == torch.float32:
+                dy = torch.randn(y.shape, generator=g)
+            y.backward(dy.to(dtype))
+            grads.append(ww.grad.float())
+        error = ((grads[1] - grads[0]).norm() / grads[0].norm()).item()
+        assert error < 0.05, (height, width, channels_last, error)
+
+
+def _train_steps(model, inputs, steps=3):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    with EventStorage():
+        for _ in range(steps):
+            loss_dict = model(copy.deepcopy(inputs))
+            loss = sum(loss_dict.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("size, head_dtype", [(64, torch.float32), (96, torch.bfloat16)])
+def test_small_batches_train_in_float32_and_larger_ones_in_bf16(size, head_dtype, caplog):
+    """CPU_BF16 True on 64 px images: float32 for the batch (logged), finite training (in
+    bfloat16, P7's weight gradient was 1e11-inf after one step); at 96 px, bfloat16."""
+    model = tiny_model("retinanet_R50.yaml", BF16)
+    model.train()
+    head_dtypes = []
+    model.head.cls_score.register_forward_hook(lambda m, i, o: head_dtypes.append(o.dtype))
+    with caplog.at_level("INFO", logger="focal_rpn.modeling.retinanet"):
+        losses = _train_steps(model, batched_inputs(num_boxes=3, size=size))
+    assert set(head_dtypes) == {head_dtype}
+    assert all(torch.isfinite(torch.tensor(losses))), losses
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    refused = [r.getMessage() for r in caplog.records if "runs in float32" in r.getMessage()]
+    if size == 64:
+        assert len(refused) == 1 and "64x64 px" in refused[0] and "over 64 px" in refused[0]
+    else:
+        assert not refused

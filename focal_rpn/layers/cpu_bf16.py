@@ -11,9 +11,15 @@ output, ReLU, the FPN's sums). What a model keeps in float32 is its own choice:
 ``FocalRetinaNet`` casts the head's outputs to float32 and turns autocast off for anchor
 matching, the focal loss, its normaliser, the box regression loss and box decoding.
 
-Modes, as for the Winograd and channels-last keys: "auto" (on a CPU with native bfloat16, for a
-model on CPU), True (bfloat16 autocast on CPU whatever the CPU: for tests and measurements) or
-False.
+Modes, as for the Winograd and channels-last keys: "auto" (the default: on a CPU with native
+bfloat16, for a model on CPU), True (bfloat16 autocast on CPU whatever the CPU: for tests and
+measurements) or False.
+
+Tiny images stay float32 (:func:`strided_convs_fit_bf16`): oneDNN's bfloat16 weight gradient of
+a strided convolution is wrong when the convolution's input is one pixel wide or high (torch
+2.14.1 on AVX-512-BF16, 2026-12-07: a 3x3 stride-2 convolution on a 1x1 map, RetinaNet's P7 of a
+64-pixel image, gets gradients of 1e11, inf or NaN that change from call to call, where float32
+gives 3e-8; its output and its input gradient are right). Whatever runs on wider maps is right.
 """
 import contextlib
 import logging
@@ -30,6 +36,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "cpu_bf16_on",
     "float32_outputs",
+    "strided_convs_fit_bf16",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,16 +53,22 @@ ONEDNN_ISAS_WITH_BF16 = ("AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX",
 
 
 def check_cpu_bf16_mode(key, value):
-    """MODEL.FOCAL_RETINANET.CPU_BF16: None (the default) or False: float32; "auto" or True;
-    ValueError naming ``key`` otherwise. Off by default: in the clean-clone CI run of
-    2026-12-07, tiny test trainings (64 px images) under bfloat16 hit NaN losses after 1-10
-    steps, not yet understood (docs/benchmarks.md)."""
-    if value is None:
-        return False
+    """MODEL.FOCAL_RETINANET.CPU_BF16: "auto" (also None, the default), True or False;
+    ValueError naming ``key`` otherwise."""
     return check_auto_mode(
-        key, value, "\"auto\" (bfloat16 autocast on a CPU with native bfloat16), True "
-        "(bfloat16 autocast on any CPU) or False / None (float32, the default)"
+        key, value, "\"auto\" (bfloat16 autocast on a CPU with native bfloat16, the default), "
+        "True (bfloat16 autocast on any CPU) or False (float32)"
     )
+
+
+def strided_convs_fit_bf16(height: int, width: int, max_stride: int) -> bool:
+    """Whether an image batch of ``height`` x ``width`` pixels keeps the input of every strided
+    convolution of a backbone at least 2 pixels high and wide, so that oneDNN's bfloat16
+    weight gradients are right (see the module docstring). ``max_stride``: the stride of the
+    backbone's coarsest output (128 for RetinaNet's P7). The last stride-2 convolution reads
+    the map of stride ``max_stride / 2``, which is 2 pixels or more on a side only where the
+    side exceeds ``max_stride / 2`` pixels: 64 for P3-P7."""
+    return min(height, width) > max_stride // 2
 
 
 def _cpu_flags(cpuinfo: str) -> Optional[set]:

@@ -31,7 +31,13 @@ from ..config import (
 )
 from ..d2_adapter import dense_box_regression_loss, transpose_dense_predictions
 from ..layers import use_winograd_convs
-from ..layers.cpu_bf16 import check_cpu_bf16_mode, cpu_bf16_autocast, cpu_bf16_on, float32_outputs
+from ..layers.cpu_bf16 import (
+    check_cpu_bf16_mode,
+    cpu_bf16_autocast,
+    cpu_bf16_on,
+    float32_outputs,
+    strided_convs_fit_bf16,
+)
 from ..layers.winograd import check_winograd_mode
 from ..losses import sigmoid_focal_loss_with_labels, softmax_focal_loss
 
@@ -113,8 +119,11 @@ class FocalRetinaNet(RetinaNet):
     the CPU has native bfloat16. Everything after the head stays in float32: the head's outputs
     are cast to float32, and anchor matching, the focal loss, the loss normaliser, the box
     regression loss and box decoding run with autocast off (also under detectron2's
-    SOLVER.AMP on CUDA). ``"auto"`` is on for a model on a CPU with native bfloat16 and off
-    elsewhere; settled like ``channels_last``, logged. Off by default (False).
+    SOLVER.AMP on CUDA). ``"auto"`` (the default) is on for a model on a CPU with native
+    bfloat16 and off elsewhere; settled like ``channels_last``, logged. A batch whose smaller
+    side is at most half the backbone's largest stride (64 px for P3-P7) runs in float32: there
+    oneDNN's bfloat16 weight gradients of the strided convolutions are wrong (logged once;
+    ``focal_rpn.layers.cpu_bf16.strided_convs_fit_bf16``).
     """
 
     @configurable
@@ -124,7 +133,7 @@ class FocalRetinaNet(RetinaNet):
         activation: str = "sigmoid",
         winograd: Union[str, bool] = "auto",
         channels_last: Union[str, bool] = "auto",
-        cpu_bf16: Union[str, bool] = False,
+        cpu_bf16: Union[str, bool] = "auto",
         softmax_prior_prob: Optional[float] = None,
         **kwargs,
     ):
@@ -150,6 +159,7 @@ class FocalRetinaNet(RetinaNet):
         cpu_bf16 = check_cpu_bf16_mode("cpu_bf16", cpu_bf16)
         super().__init__(**kwargs)
         self.cpu_bf16 = cpu_bf16  # "auto" until the device is known
+        self._logged_bf16_small_batch = False
         check_head_logits(
             self.head, self.anchor_generator.num_cell_anchors[0], self.num_classes, activation
         )
@@ -215,20 +225,42 @@ class FocalRetinaNet(RetinaNet):
             self.to(memory_format=torch.channels_last)
         logger.info("FocalRetinaNet channels_last 'auto' on %s -> %s", self.device, self.channels_last)
 
-    def _bf16_autocast(self):
+    def _bf16_autocast(self, batched_inputs):
         """bfloat16 autocast for this forward, or a context that changes nothing: on for a CPU
-        model with ``cpu_bf16`` (settled at the first forward where "auto"), never while
-        tracing or scripting (exported graphs stay float32)."""
+        model with ``cpu_bf16`` (settled at the first forward where "auto") and a batch of
+        images large enough (:meth:`_bf16_fits`), never while tracing or scripting (exported
+        graphs stay float32)."""
         if self.cpu_bf16 == "auto":
             self.cpu_bf16 = cpu_bf16_on("cpu_bf16", "auto", self.device)
         exporting = (torch.jit.is_tracing() or torch.jit.is_scripting()
                      or _compiler_is_exporting())
-        return cpu_bf16_autocast(self.cpu_bf16 and self.device.type == "cpu" and not exporting)
+        return cpu_bf16_autocast(
+            self.cpu_bf16 and self.device.type == "cpu" and not exporting
+            and self._bf16_fits(batched_inputs)
+        )
+
+    def _bf16_fits(self, batched_inputs) -> bool:
+        """Whether the batch is large enough for bfloat16 (``strided_convs_fit_bf16`` with the
+        backbone's largest stride). The unpadded images decide: padding only makes the
+        batch larger, so this errs on the float32 side. Logs the first refusal."""
+        height = max(x["image"].shape[-2] for x in batched_inputs)
+        width = max(x["image"].shape[-1] for x in batched_inputs)
+        max_stride = max(shape.stride for shape in self.backbone.output_shape().values())
+        fits = strided_convs_fit_bf16(height, width, max_stride)
+        if not fits and not self._logged_bf16_small_batch:
+            self._logged_bf16_small_batch = True
+            logger.info(
+                "FocalRetinaNet: a batch of %dx%d px runs in float32, not bfloat16 (logged "
+                "once): bfloat16 needs both sides over %d px, half the largest stride %d, as "
+                "oneDNN's bfloat16 weight gradients of strided convolutions on 1-pixel maps are "
+                "wrong", height, width, max_stride // 2, max_stride,
+            )
+        return fits
 
     def forward(self, batched_inputs):
         """detectron2's forward, the backbone and head under bfloat16 autocast where
         ``cpu_bf16`` is on (see the class docstring); the losses and detections in float32."""
-        with self._bf16_autocast():
+        with self._bf16_autocast(batched_inputs):
             return super().forward(batched_inputs)
 
     def _float32_after_head(self):
