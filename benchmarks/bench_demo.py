@@ -2,8 +2,8 @@
 (configs/quick_retinanet_R18.yaml), today's default against the default before 2026-12-07, each
 in its own process (the OpenMP wait policy is read when a process loads OpenMP), alternating.
 
-* ours: train_net as it is (float32 since 8c38702: bfloat16 is opt-in, add
-  ``MODEL.FOCAL_RETINANET.CPU_BF16 auto`` as KEY VALUE; OpenMP's own wait policy, StepThreadTuner);
+* ours: train_net as it is (``MODEL.FOCAL_RETINANET.CPU_BF16`` "auto": bfloat16 where the CPU
+  has it natively; OpenMP's own wait policy, StepThreadTuner);
 * baseline: the same run as it was before: ``MODEL.FOCAL_RETINANET.CPU_BF16 False``,
   ``OMP_WAIT_POLICY=PASSIVE`` and the thread count fixed at what ``auto`` gives (``--threads N``:
   no thread trial, as before).

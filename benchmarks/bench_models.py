@@ -8,11 +8,11 @@ COCO, random 256 x 256 images with 7 random ground-truth boxes each, as COCO's m
   ``MODEL.META_ARCHITECTURE = "RetinaNet"``, same weights), one training step = forward, loss,
   backward and an SGD step, batch 4.
 * ``retinanet_infer``: the same two models in eval mode under ``torch.no_grad()``, batch 4.
-  FocalRetinaNet with MODEL.FOCAL_RETINANET.CPU_BF16 "auto" (opt-in since b9acd2a), i.e. bfloat16
+  FocalRetinaNet with MODEL.FOCAL_RETINANET.CPU_BF16 "auto" (the default), i.e. bfloat16
   autocast of the backbone and head where the CPU computes bfloat16 natively (the machine line
   names its vector ISA), float32 elsewhere; detectron2's RetinaNet in float32.
 * ``retinanet_fp32_train`` / ``retinanet_fp32_infer``: the same with CPU_BF16 False (the
-  default, and the path of a CPU without native bfloat16).
+  path of a CPU without native bfloat16).
 * ``fl_rpn_sigmoid_train`` / ``fl_rpn_softmax_train``: Faster R-CNN R18-FPN with FocalRPN vs
   with detectron2's standard ``RPN`` (same cfg otherwise), training step, batch 8.
 * ``faster_rcnn_recipe_train``: the CPU Faster R-CNN recipe of the comparison
@@ -68,7 +68,7 @@ def _cases():
     """name -> (ours config file + opts, baseline config file + opts, mode, batch size)."""
     stock_retinanet = ["MODEL.META_ARCHITECTURE", "RetinaNet"]
     fp32 = ["MODEL.FOCAL_RETINANET.CPU_BF16", False]
-    bf16 = ["MODEL.FOCAL_RETINANET.CPU_BF16", "auto"]  # opt-in: bfloat16 where native
+    bf16 = ["MODEL.FOCAL_RETINANET.CPU_BF16", "auto"]  # the default: bfloat16 where native
     return {
         "retinanet_train": (
             ("retinanet_R50.yaml", bf16), ("retinanet_R50.yaml", stock_retinanet), "train", 4,
