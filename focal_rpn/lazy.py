@@ -15,14 +15,15 @@
 import os
 from typing import List, Optional, Sequence, Union
 
+import torch
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detectron2.config import CfgNode, get_cfg
 from detectron2.solver import WarmupParamScheduler
-from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.registry import locate
 
 from .config import add_focal_rpn_config
+from .engine.optim import fused_adamw_fits, with_gradient_clipping
 
 __all__ = ["clipped_optimizer", "dataset_names", "multistep_lr_multiplier", "yaml_config"]
 
@@ -72,13 +73,14 @@ def clipped_optimizer(
     optimizer_class = locate(optimizer) if isinstance(optimizer, str) else optimizer
     if optimizer_class is None:
         raise ValueError(f"optimizer = {optimizer!r} does not name an importable class")
-    if clip_type is None:
-        return optimizer_class(params, **kwargs)
+    params = list(params)
+    if issubclass(optimizer_class, torch.optim.AdamW) and "fused" not in kwargs:
+        kwargs["fused"] = fused_adamw_fits(params) or None  # as SOLVER.OPTIMIZER "AdamW" does
     clip = get_cfg().SOLVER.CLIP_GRADIENTS
-    clip.ENABLED, clip.CLIP_TYPE, clip.CLIP_VALUE = True, clip_type, clip_value
-    clip.NORM_TYPE = norm_type
-    holder = CfgNode({"SOLVER": CfgNode({"CLIP_GRADIENTS": clip})})
-    return maybe_add_gradient_clipping(holder, optimizer_class)(params, **kwargs)
+    clip.ENABLED = clip_type is not None
+    if clip_type is not None:
+        clip.CLIP_TYPE, clip.CLIP_VALUE, clip.NORM_TYPE = clip_type, clip_value, norm_type
+    return with_gradient_clipping(clip, optimizer_class)(params, **kwargs)
 
 
 def multistep_lr_multiplier(

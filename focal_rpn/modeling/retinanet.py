@@ -30,7 +30,7 @@ from ..config import (
     check_probability,
 )
 from ..d2_adapter import dense_box_regression_loss, transpose_dense_predictions
-from ..layers import use_winograd_convs
+from ..layers import use_level_batch_norms, use_winograd_convs
 from ..layers.cpu_bf16 import (
     check_cpu_bf16_mode,
     cpu_bf16_autocast,
@@ -171,6 +171,7 @@ class FocalRetinaNet(RetinaNet):
                     f"'softmax', not {activation!r} (RetinaNetHead's prior_prob sets the bias)"
                 )
             init_softmax_class_bias(self.head.cls_score, self.num_classes, softmax_prior_prob)
+        use_level_batch_norms(self.head)  # the same function in one fused op (see its module)
         winograd = check_winograd_mode("winograd", winograd)
         if winograd is not False:
             use_winograd_convs(self.head, winograd)
