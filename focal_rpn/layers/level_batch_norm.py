@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from detectron2.layers import CycleBatchNormList
 from torch import Tensor, nn
 
+from .module_swap import replace_submodules
+
 __all__ = ["LevelBatchNorm", "use_level_batch_norms"]
 
 
@@ -31,7 +33,7 @@ class LevelBatchNorm(nn.ModuleList):
     def __init__(self, levels: Sequence[nn.BatchNorm2d], weight: nn.Parameter, bias: nn.Parameter):
         super().__init__(levels)
         for index, bn in enumerate(levels):
-            if type(bn) is not nn.BatchNorm2d or bn.affine:
+            if not _is_affine_free_batch_norm(bn):
                 raise ValueError(
                     f"LevelBatchNorm: level {index} is {bn!r}; each level must be an "
                     "nn.BatchNorm2d with affine=False (the affine is the shared weight and bias)"
@@ -73,6 +75,11 @@ class LevelBatchNorm(nn.ModuleList):
         return "shared affine, statistics per level"
 
 
+def _is_affine_free_batch_norm(module: nn.Module) -> bool:
+    """A plain ``nn.BatchNorm2d`` (not a subclass such as SyncBN's) without its own affine."""
+    return type(module) is nn.BatchNorm2d and not module.affine
+
+
 def _replaceable(module: nn.Module) -> bool:
     """A ``CycleBatchNormList`` with a shared affine over plain ``nn.BatchNorm2d`` levels (the
     ``"BN"`` norm; ``"SyncBN"``'s levels and frozen ones are left as they are)."""
@@ -80,7 +87,7 @@ def _replaceable(module: nn.Module) -> bool:
         type(module) is CycleBatchNormList
         and isinstance(getattr(module, "weight", None), nn.Parameter)
         and isinstance(getattr(module, "bias", None), nn.Parameter)
-        and all(type(bn) is nn.BatchNorm2d and not bn.affine for bn in module)
+        and all(_is_affine_free_batch_norm(bn) for bn in module)
     )
 
 
@@ -91,10 +98,4 @@ def use_level_batch_norms(module: nn.Module) -> int:
     Returns:
         the number of layers replaced.
     """
-    replaced = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if _replaceable(child):
-                setattr(parent, name, LevelBatchNorm.from_cycle_batch_norm(child))
-                replaced += 1
-    return replaced
+    return replace_submodules(module, _replaceable, LevelBatchNorm.from_cycle_batch_norm)

@@ -42,6 +42,7 @@ from torch.autograd.function import once_differentiable
 
 from detectron2.layers import ROIAlign
 
+from .module_swap import replace_submodules
 from .path_timing import CachedPathChoice, best_times
 
 __all__ = [
@@ -418,10 +419,6 @@ def use_fast_roi_align(model: torch.nn.Module) -> int:
     Returns:
         the number of submodule slots replaced (0 if there were none).
     """
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is ROIAlign:
-                setattr(parent, name, FastROIAlign.from_roi_align(child))
-                replaced += 1
-    return replaced
+    return replace_submodules(
+        model, lambda child: type(child) is ROIAlign, FastROIAlign.from_roi_align
+    )

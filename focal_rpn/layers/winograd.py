@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..config import check_auto_mode
+from .module_swap import replace_submodules
 from .path_timing import CachedPathChoice, best_times
 
 __all__ = [
@@ -582,10 +583,8 @@ def use_winograd_convs(module: nn.Module, mode: Union[str, bool] = "auto") -> in
     Returns:
         the number of convolutions replaced.
     """
-    replaced = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Conv2d and _is_plain_3x3(child):
-                setattr(parent, name, WinogradConv2d.from_conv(child, mode))
-                replaced += 1
-    return replaced
+    return replace_submodules(
+        module,
+        lambda child: type(child) is nn.Conv2d and _is_plain_3x3(child),
+        lambda conv: WinogradConv2d.from_conv(conv, mode),
+    )
